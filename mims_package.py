@@ -1,0 +1,1171 @@
+#!/usr/bin/env python3
+"""Package a trained model and its inference code as a SageMaker ``model.tar.gz``.
+
+This is the MIMS packaging step of a SageMaker pipeline (the MIMS Package
+Script Contract). It reads
+
+* the model from ``/opt/ml/processing/input/model``: a ``model.tar.gz``
+  (gzip, bzip2, xz or plain tar) or loose files, and
+* the inference code from ``/opt/ml/processing/input/script``,
+
+assembles them in a staging directory, model files at the root and the code
+under ``code/``, and writes ``/opt/ml/processing/output/model.tar.gz``, which
+SageMaker hosting extracts to ``/opt/ml/model``.
+
+What it promises:
+
+* The model archive is untrusted. A member that is absolute, climbs out with
+  ``..``, writes through a symlink, links outside, or is a device or FIFO
+  fails the job, and the whole input is checked, gzip CRC-32 included.
+* The package holds only regular files and directories: a symlink inside an
+  input is replaced by what it points to; any other symlink fails the job.
+* The package is deterministic: sorted members, owner root, modes 0644/0755,
+  integer mtimes clamped to SOURCE_DATE_EPOCH, a gzip header with neither
+  name nor time. The same inputs give the same bytes.
+* The package goes to a temporary file that is fsync'd, read back and checked
+  member by member, and only then renamed into place. A failure or a stop
+  leaves no partial package, no staging directory, and an older package intact.
+* A failure ends in one ERROR line, also written to /opt/ml/output/message
+  inside a processing job so that SageMaker shows it as the failure reason.
+
+``package()`` does the work, ``main()`` is the pipeline entry point and
+``cli()`` the command line. Standard library only; Python 3.9 or later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import contextlib
+import errno
+import gzip
+import hashlib
+import io
+import json
+import logging
+import lzma
+import os
+import shutil
+import signal
+import stat
+import struct
+import sys
+import tarfile
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any, Collection, Iterator, Mapping, Optional, Union, cast
+
+# ---------------------------------------------------------------------------
+# Contract and constants
+
+DEFAULT_MODEL_PATH = "/opt/ml/processing/input/model"
+DEFAULT_SCRIPT_PATH = "/opt/ml/processing/input/script"
+DEFAULT_OUTPUT_PATH = "/opt/ml/processing/output"
+JOB_CONFIG_PATH = "/opt/ml/config/processingjobconfig.json"
+FAILURE_MESSAGE_PATH = "/opt/ml/output/message"
+
+PACKAGE_NAME = "model.tar.gz"
+MODEL_ARCHIVE_NAME = "model.tar.gz"
+CODE_DIR = "code"
+DEFAULT_COMPRESSION_LEVEL = 6
+IO_BLOCK_SIZE = 1 << 20
+MAX_SYMLINK_HOPS = 40
+MAX_NAME_BYTES = 255
+MAX_MESSAGE_BYTES = 1024
+MAX_MTIME = (1 << 33) - 1
+PROGRESS_INTERVAL = 5.0
+
+OPTIONAL_ENV_VARS = {
+    "SOURCE_DATE_EPOCH": "Unix time; member mtimes later than it are clamped to it, "
+    "so that packages built at different times are byte-identical.",
+    "WORKING_DIRECTORY": "Directory in which the staging directory is created "
+    "(default: the output directory's parent, else the system temp dir); "
+    "--work-dir overrides it.",
+}
+
+CONTRACT: dict[str, Any] = {
+    "entry_point": "mims_package.py",
+    "expected_input_paths": {
+        "model_input": DEFAULT_MODEL_PATH,
+        "script_input": DEFAULT_SCRIPT_PATH,
+    },
+    "expected_output_paths": {"package_output": DEFAULT_OUTPUT_PATH},
+    "required_env_vars": [],
+    "optional_env_vars": OPTIONAL_ENV_VARS,
+    "framework_requirements": {"python": ">=3.9", "dependencies": "standard library only"},
+    "description": "Packages model artifacts (at the archive root) and inference code "
+    "(under code/) into one deterministic, verified model.tar.gz for SageMaker hosting.",
+}
+
+log = logging.getLogger("mims_package")
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+class PackagingError(Exception):
+    """Packaging failed for a reason the user can act on; the text says what and what to do."""
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGTERM or SIGINT, so that every cleanup runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _human(n: float) -> str:
+    """Format a byte count for logs: 12.3 MB."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _free_space(path: Path) -> str:
+    """Free space on the filesystem holding path (or its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            return _human(shutil.disk_usage(candidate).free)
+    return "unknown"
+
+
+def _explain(exc: OSError, doing: str, where: Path) -> PackagingError:
+    """Turn an OSError into a message that says what failed, where, and what to do."""
+    path = Path(exc.filename) if exc.filename else where
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PackagingError(
+            f"no space left on device while {doing}: {path} ({_free_space(path)} free there); "
+            "free up space or point --work-dir / --output-dir at a larger volume"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PackagingError(
+            f"permission denied while {doing}: {path}; "
+            f"make it accessible to this user (uid {os.getuid()}) or choose another directory"
+        )
+    if exc.errno == errno.EROFS:
+        return PackagingError(
+            f"read-only file system while {doing}: {path}; choose a writable directory"
+        )
+    return PackagingError(f"failed while {doing}: {path}: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def _os_errors(doing: str, where: Path) -> Iterator[None]:
+    """Re-raise any OSError in the block as a PackagingError that names the path."""
+    try:
+        yield
+    except OSError as exc:
+        raise _explain(exc, doing, where) from exc
+
+
+@contextlib.contextmanager
+def _phase(name: str) -> Iterator[None]:
+    """Log the start and duration of one phase of the job."""
+    start = time.monotonic()
+    log.info("%s: started", name)
+    yield
+    log.info("%s: done in %.2f s", name, time.monotonic() - start)
+
+
+class _Progress:
+    """Logs bytes done of total, percent, MB/s and ETA, at most every PROGRESS_INTERVAL s."""
+
+    def __init__(self, phase: str, total: int) -> None:
+        self.phase = phase
+        self.total = total
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_INTERVAL:
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        percent = 100.0 * done / self.total if self.total else 100.0
+        log.info(
+            "%s: %s of %s (%.0f%%), %.1f MB/s, ETA %.0f s",
+            self.phase,
+            _human(done),
+            _human(self.total),
+            percent,
+            rate / 1e6,
+            eta,
+        )
+
+
+# ---------------------------------------------------------------------------
+# Finding the inputs
+
+
+def _has_files(directory: Path) -> bool:
+    """True if anything but directories lies anywhere under directory."""
+    for dirpath, dirnames, filenames in os.walk(directory):
+        if filenames or any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
+            return True
+    return False
+
+
+def _is_inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _check_name(path: Path) -> None:
+    """Refuse a loose input whose name is not valid UTF-8 (tar PAX names must be)."""
+    try:
+        os.fsencode(path.name).decode("utf-8")
+    except UnicodeDecodeError:
+        raise PackagingError(
+            f"file name {os.fsencode(path)!r} is not valid UTF-8; rename it"
+        ) from None
+
+
+def _resolve_inside(link: Path, root: Path) -> Path:
+    """Follow the symlink `link` to a real path inside `root`, or fail naming it.
+
+    Each component is looked at with lstat, so nothing is followed that was not
+    checked; the walk stops at MAX_SYMLINK_HOPS, like the kernel's ELOOP.
+    """
+    pending = list(link.relative_to(root).parts)
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not resolved:
+                raise PackagingError(
+                    f"symlink {link} points outside {root}; only links inside an input are allowed"
+                )
+            resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, part)
+        try:
+            mode = os.lstat(candidate).st_mode
+        except FileNotFoundError:
+            raise PackagingError(
+                f"symlink {link} dangles (nothing at {candidate}); fix or remove it"
+            ) from None
+        if not stat.S_ISLNK(mode):
+            resolved.append(part)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise PackagingError(
+                f"symlink {link} loops or chains through more than {MAX_SYMLINK_HOPS} links; fix it"
+            )
+        target = os.readlink(candidate)
+        if os.path.isabs(target):
+            real = Path(target)
+            if not _is_inside(real, root):
+                raise PackagingError(
+                    f"symlink {link} points outside {root} (to {target}); "
+                    "only links inside an input are allowed"
+                )
+            resolved = []
+            target = str(real.relative_to(root))
+        pending[:0] = target.split("/")
+    return root.joinpath(*resolved)
+
+
+def find_model_archive(model_dir: Path) -> Optional[Path]:
+    """Return model_dir/model.tar.gz if it is there (warning about its neighbours), else None."""
+    if not model_dir.is_dir():
+        what = "does not exist" if not model_dir.exists() else "is not a directory"
+        raise PackagingError(
+            f"model input {model_dir} {what}; pass --model-dir or map the model to "
+            f"{DEFAULT_MODEL_PATH} (a model.tar.gz or the model files)"
+        )
+    root = model_dir.resolve()
+    candidate = root / MODEL_ARCHIVE_NAME
+    if not os.path.lexists(candidate):
+        return None
+    archive = _resolve_inside(candidate, root) if candidate.is_symlink() else candidate
+    if not archive.is_file():
+        raise PackagingError(f"{candidate} is not a regular file; it must be the model archive")
+    for other in sorted(model_dir.iterdir()):
+        if other.name != MODEL_ARCHIVE_NAME:
+            log.warning("ignoring %s: the model is %s", other, candidate)
+    return archive
+
+
+# ---------------------------------------------------------------------------
+# Safe extraction of the untrusted model archive
+
+
+def _open_decompressed(raw: IO[bytes]) -> IO[bytes]:
+    """Wrap raw in the decompressor its first bytes call for; plain tar passes through."""
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if magic.startswith(b"BZh"):
+        return cast(IO[bytes], bz2.BZ2File(raw))
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return cast(IO[bytes], lzma.LZMAFile(raw))
+    return raw
+
+
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.isdir():
+        return "dir"
+    if member.issym():
+        return "symlink"
+    if member.islnk():
+        return "hardlink"
+    if member.isreg():
+        return "file"
+    names = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device"}
+    what = "FIFO" if member.isfifo() else names.get(member.type, f"type {member.type!r}")
+    raise PackagingError(
+        f"archive member {member.name!r} is a {what}; "
+        "a model archive may hold only files, directories and links"
+    )
+
+
+def _mtime(value: float) -> int:
+    """An integer mtime that every filesystem and tar header can hold."""
+    return max(0, min(int(value), MAX_MTIME))
+
+
+class _Extractor:
+    """Writes checked archive members under dest; symlinks wait until all data is out.
+
+    Nothing on disk is a symlink while members are written, so a member can
+    only land where its checked name says. A name that goes through an earlier
+    symlink, or through a file, is refused.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.kinds: dict[str, str] = {"": "dir"}
+        self.symlinks: dict[str, str] = {}
+        self.dir_mtimes: dict[str, int] = {}
+        self.data_filter = getattr(tarfile, "data_filter", None)
+
+    def _walk(self, start: list[str], path: str, member: str, strict: bool = True) -> list[str]:
+        """Apply path to the parts in start; refuse escapes (and, if strict, links on the way)."""
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PackagingError(
+                f"archive member {member!r} has a name that is not valid UTF-8; "
+                "rebuild the archive with UTF-8 names"
+            ) from None
+        if path.startswith("/"):
+            raise PackagingError(
+                f"archive member {member!r} has an absolute path ({path!r}); the archive is unsafe"
+            )
+        parts = list(start)
+        pieces = [piece for piece in path.split("/") if piece not in ("", ".")]
+        for index, piece in enumerate(pieces):
+            if len(piece.encode("utf-8")) > MAX_NAME_BYTES:
+                raise PackagingError(
+                    f"archive member {member!r} has a path component over {MAX_NAME_BYTES} bytes"
+                )
+            if piece == "..":
+                if not parts:
+                    raise PackagingError(
+                        f"archive member {member!r} points outside the archive "
+                        f"({path!r} climbs out through '..'); the archive is unsafe"
+                    )
+                parts.pop()
+                continue
+            parts.append(piece)
+            kind = self.kinds.get("/".join(parts))
+            if strict and index < len(pieces) - 1 and kind in ("symlink", "file"):
+                raise PackagingError(
+                    f"archive member {member!r} goes through {'/'.join(parts)!r}, which is a "
+                    f"{kind}; writing through links or files is refused"
+                )
+        return parts
+
+    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        kind = _member_kind(member)
+        parts = self._walk([], member.name, member.name)
+        if not parts:
+            if kind == "dir":
+                return
+            raise PackagingError(f"archive member {member.name!r} has an empty name")
+        name = "/".join(parts)
+        link_parts = self._check_link(member, kind, parts)
+        if self.data_filter is not None:
+            try:
+                self.data_filter(member, str(self.dest))
+            except tarfile.FilterError as exc:
+                raise PackagingError(f"archive member {member.name!r} is unsafe: {exc}") from None
+        mtime = _mtime(member.mtime)
+        self._make_parents(parts, mtime)
+        path = self.dest.joinpath(*parts)
+        self._replace(name, kind, path)
+        if kind == "dir":
+            path.mkdir(exist_ok=True)
+            self.dir_mtimes[name] = mtime
+        elif kind == "symlink":
+            self.symlinks[name] = member.linkname
+        elif kind == "hardlink":
+            os.link(self.dest.joinpath(*link_parts), path)
+        else:
+            self._write_file(tar, member, path, mtime)
+        self.kinds[name] = "file" if kind == "hardlink" else kind
+
+    def _check_link(self, member: tarfile.TarInfo, kind: str, parts: list[str]) -> list[str]:
+        """Check a link's target; return the target's parts for a hard link."""
+        if kind not in ("symlink", "hardlink"):
+            return []
+        target = member.linkname
+        if not target or target.startswith("/"):
+            raise PackagingError(
+                f"archive member {member.name!r} links to {target!r}, an absolute or empty "
+                "target; the archive is unsafe"
+            )
+        if kind == "symlink":
+            self._walk(parts[:-1], target, member.name, strict=False)
+            return []
+        target_parts = self._walk([], target, member.name)
+        if self.kinds.get("/".join(target_parts)) != "file" or target_parts == parts:
+            raise PackagingError(
+                f"archive member {member.name!r} is a hard link to {target!r}, "
+                "which is not a file extracted before it"
+            )
+        return target_parts
+
+    def _make_parents(self, parts: list[str], mtime: int) -> None:
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in self.kinds:
+                self.dest.joinpath(*parts[:depth]).mkdir()
+                self.kinds[parent] = "dir"
+                self.dir_mtimes[parent] = mtime
+
+    def _replace(self, name: str, kind: str, path: Path) -> None:
+        """The later member of a name wins, as with tar; a directory is never replaced."""
+        earlier = self.kinds.get(name)
+        if earlier is None or (earlier == "dir" and kind == "dir"):
+            return
+        if earlier == "dir":
+            raise PackagingError(
+                f"archive member {name!r} would replace a directory of the same name; "
+                "the archive is inconsistent"
+            )
+        if earlier == "symlink":
+            del self.symlinks[name]
+        else:
+            path.unlink()
+
+    def _write_file(
+        self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, mtime: int
+    ) -> None:
+        source = tar.extractfile(member)
+        assert source is not None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        with open(os.open(path, flags, 0o600), "wb") as out:
+            shutil.copyfileobj(source, out, IO_BLOCK_SIZE)
+            os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
+        os.utime(path, (mtime, mtime))
+
+    def finish(self) -> None:
+        """Create the deferred symlinks, then give directories their archive mtimes."""
+        for name, target in self.symlinks.items():
+            os.symlink(target, self.dest / name)
+        for name, mtime in self.dir_mtimes.items():
+            os.utime(self.dest / name, (mtime, mtime))
+
+
+def extract_archive(archive: Path, dest: Path) -> None:
+    """Extract the untrusted model archive into the empty directory dest.
+
+    The archive is read once, start to end: its integrity checks (gzip CRC-32
+    and length, bzip2 and xz checks) run on the bytes after the tar end marker
+    too, which tarfile alone never reads.
+    """
+    extractor = _Extractor(dest)
+    progress = _Progress("extract", archive.stat().st_size)
+    with open(archive, "rb") as raw:
+        try:
+            with _open_decompressed(raw) as stream:
+                with tarfile.open(
+                    fileobj=stream, mode="r|", bufsize=IO_BLOCK_SIZE, encoding="utf-8"
+                ) as tar:
+                    for member in tar:
+                        extractor.add(tar, member)
+                        progress.update(raw.tell())
+                while stream.read(IO_BLOCK_SIZE):
+                    progress.update(raw.tell())
+        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+            raise _corrupt(archive, exc) from None
+        except OSError as exc:
+            if exc.errno is None:  # gzip and bz2 report bad data as OSError without errno
+                raise _corrupt(archive, exc) from None
+            raise
+    extractor.finish()
+
+
+def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
+    return PackagingError(
+        f"model archive {archive} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+        "upload it again or rebuild it"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Staging: real files and directories only
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """Hard-link source to dest where the filesystem allows, else copy it with its metadata."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
+def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
+    """Rebuild root's tree at dest with only real files and directories.
+
+    Symlinks inside root are replaced by what they point to; one that leaves
+    root, dangles or loops fails the job. Top-level names in skip are left out.
+    Inputs are only read and hard-linked, never modified.
+    """
+    root = root.resolve()
+    dest.mkdir()
+    stack: list[tuple[Path, Path, tuple[tuple[int, int], ...]]] = []
+    top = os.stat(root)
+    stack.append((root, dest, ((top.st_dev, top.st_ino),)))
+    directories: list[tuple[Path, Path]] = []
+    while stack:
+        source_dir, dest_dir, ancestors = stack.pop()
+        directories.append((source_dir, dest_dir))
+        with os.scandir(source_dir) as entries:
+            names = sorted(entry.name for entry in entries)
+        for name in names:
+            if dest_dir == dest and name in skip:
+                continue
+            path = source_dir / name
+            _check_name(path)
+            real = _resolve_inside(path, root) if path.is_symlink() else path
+            info = os.lstat(real)
+            if stat.S_ISDIR(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if key in ancestors:
+                    raise PackagingError(
+                        f"symlink {path} loops back to {real}, a directory that holds it; fix it"
+                    )
+                (dest_dir / name).mkdir()
+                stack.append((real, dest_dir / name, (*ancestors, key)))
+            elif stat.S_ISREG(info.st_mode):
+                _link_or_copy(real, dest_dir / name)
+            else:
+                raise PackagingError(
+                    f"{path} is not a regular file, directory or symlink; remove it from the input"
+                )
+    for source_dir, dest_dir in directories:
+        info = os.stat(source_dir)
+        os.utime(dest_dir, ns=(info.st_atime_ns, info.st_mtime_ns))
+
+
+def _count_files(directory: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(directory))
+
+
+# ---------------------------------------------------------------------------
+# What goes into the package
+
+
+@dataclass(frozen=True)
+class Member:
+    """One package member, as planned from the staging tree."""
+
+    name: str
+    path: Path
+    is_dir: bool
+    size: int
+    mode: int
+    mtime: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One package member as written or as read back: what verification compares."""
+
+    name: str
+    type: bytes
+    size: int
+    mode: int
+    mtime: int
+    sha256: str
+
+
+def plan_members(root: Path, source_date_epoch: Optional[int]) -> list[Member]:
+    """List the staged tree as package members, sorted by name, with normalized metadata."""
+    members = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            info = os.lstat(path)
+            is_dir = stat.S_ISDIR(info.st_mode)
+            mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
+            if source_date_epoch is not None:
+                mtime = min(mtime, source_date_epoch)
+            members.append(
+                Member(
+                    name=path.relative_to(root).as_posix(),
+                    path=path,
+                    is_dir=is_dir,
+                    size=0 if is_dir else info.st_size,
+                    mode=0o755 if is_dir or info.st_mode & 0o111 else 0o644,
+                    mtime=mtime,
+                )
+            )
+    members.sort(key=lambda member: member.name)
+    return members
+
+
+# ---------------------------------------------------------------------------
+# The gzip writer: the one seam between the tar stream and the compressed file
+
+
+def _gzip_header(level: int) -> bytes:
+    """A fixed gzip header: no file name, mtime 0, OS 'unknown', so bytes never vary."""
+    extra_flags = 2 if level == 9 else 4 if level == 1 else 0
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([extra_flags, 255])
+
+
+class GzipWriter:
+    """Compresses everything written to it into one gzip member on out."""
+
+    def __init__(self, out: IO[bytes], level: int) -> None:
+        self._out = out
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self._crc = 0
+        self.size = 0
+        out.write(_gzip_header(level))
+
+    def write(self, data: bytes) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+        self.size += len(data)
+        self._out.write(self._deflate.compress(data))
+
+    def close(self) -> None:
+        self._out.write(self._deflate.flush())
+        self._out.write(struct.pack("<II", self._crc, self.size & 0xFFFFFFFF))
+
+    def __enter__(self) -> GzipWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc_type is None:
+            self.close()
+
+
+# ---------------------------------------------------------------------------
+# Writing the tar stream
+
+
+def _tar_header(member: Member) -> bytes:
+    info = tarfile.TarInfo(member.name)
+    info.type = tarfile.DIRTYPE if member.is_dir else tarfile.REGTYPE
+    info.size = member.size
+    info.mode = member.mode
+    info.mtime = member.mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
+    """Stream one file into sink; return its SHA-256, refusing a file that changed size."""
+    digest = hashlib.sha256()
+    copied = 0
+    with open(member.path, "rb", buffering=0) as source:
+        while copied <= member.size:
+            block = source.read(IO_BLOCK_SIZE)
+            if not block:
+                break
+            digest.update(block)
+            sink.write(block)
+            copied += len(block)
+            progress.update(sink.size)
+    if copied != member.size:
+        raise PackagingError(
+            f"{member.path} changed size while being packaged ({member.size} -> {copied} "
+            "bytes); make sure nothing writes to the inputs during the job"
+        )
+    sink.write(tarfile.NUL * (-copied % tarfile.BLOCKSIZE))
+    return digest.hexdigest()
+
+
+def write_tar(members: list[Member], sink: GzipWriter) -> list[Record]:
+    """Write members as a PAX tar stream into sink; return what was written, with hashes."""
+    total = sum(member.size for member in members)
+    progress = _Progress("compress", total)
+    records = []
+    for member in members:
+        sink.write(_tar_header(member))
+        digest = "" if member.is_dir else _copy_member(member, sink, progress)
+        kind = tarfile.DIRTYPE if member.is_dir else tarfile.REGTYPE
+        records.append(Record(member.name, kind, member.size, member.mode, member.mtime, digest))
+    sink.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+    sink.write(tarfile.NUL * (-sink.size % tarfile.RECORDSIZE))
+    return records
+
+
+# ---------------------------------------------------------------------------
+# Verification: read the package back from disk
+
+
+class _GzipMemberReader(io.RawIOBase):
+    """Inflates exactly one gzip member from raw, hashing the raw bytes on the way.
+
+    zlib checks the CRC-32 and length at the member's end; any byte after the
+    member, or a stream that stops early, is an error.
+    """
+
+    def __init__(self, raw: IO[bytes], progress: _Progress) -> None:
+        self._raw = raw
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._progress = progress
+        self._read = 0
+        self.file_sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while True:
+            if self._inflate.eof:
+                if self._inflate.unused_data or self._raw.read(1):
+                    raise PackagingError("the package has data after its gzip member")
+                return 0
+            data = self._inflate.unconsumed_tail
+            if not data:
+                data = self._raw.read(IO_BLOCK_SIZE)
+                if not data:
+                    raise PackagingError("the package's gzip stream ends early")
+                self.file_sha256.update(data)
+                self._read += len(data)
+                self._progress.update(self._read)
+            out = self._inflate.decompress(data, len(view))
+            if out:
+                view[: len(out)] = out
+                return len(out)
+
+
+def _sha256_of(stream: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: stream.read(IO_BLOCK_SIZE), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def read_package(path: Path) -> tuple[list[Record], str]:
+    """Decode the package at path; return its members (with SHA-256s) and the file's SHA-256."""
+    progress = _Progress("verify", path.stat().st_size)
+    records = []
+    with open(path, "rb", buffering=0) as raw:
+        reader = _GzipMemberReader(raw, progress)
+        stream = io.BufferedReader(reader, IO_BLOCK_SIZE)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|", bufsize=IO_BLOCK_SIZE) as tar:
+                for info in tar:
+                    content = tar.extractfile(info) if info.isreg() else None
+                    digest = _sha256_of(content) if content is not None else ""
+                    records.append(
+                        Record(info.name, info.type, info.size, info.mode, int(info.mtime), digest)
+                    )
+            while stream.read(IO_BLOCK_SIZE):
+                pass
+        except (tarfile.TarError, zlib.error) as exc:
+            raise PackagingError(f"the package does not decode: {exc}") from None
+    return records, reader.file_sha256.hexdigest()
+
+
+def verify_package(path: Path, expected: list[Record]) -> str:
+    """Check the package on disk against what was meant to be written; return its SHA-256."""
+    try:
+        found, file_sha256 = read_package(path)
+    except PackagingError as exc:
+        raise PackagingError(
+            f"verification of {path} failed: {exc}; nothing was published"
+        ) from None
+    if found != expected:
+        mismatch = next(
+            (
+                f"{want.name!r}: wrote {want}, read {got}"
+                for want, got in zip(expected, found)
+                if want != got
+            ),
+            f"wrote {len(expected)} members, read {len(found)}",
+        )
+        raise PackagingError(
+            f"verification of {path} failed at member {mismatch}; nothing was published. "
+            "This points to a disk or memory fault: run the job again"
+        )
+    return file_sha256
+
+
+# ---------------------------------------------------------------------------
+# The job
+
+
+@contextlib.contextmanager
+def _staging_dir(work_dir: Path) -> Iterator[Path]:
+    """A fresh staging directory under work_dir, removed however the block ends."""
+    with _os_errors("creating the staging directory", work_dir):
+        path = Path(tempfile.mkdtemp(prefix=".mims-staging-", dir=work_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if path.exists():
+            log.warning("could not remove the staging directory %s", path)
+
+
+@contextlib.contextmanager
+def _temporary_file(directory: Path) -> Iterator[Path]:
+    """A temporary file in directory, removed unless the block renamed it away."""
+    with _os_errors("creating the package file", directory):
+        fd, name = tempfile.mkstemp(prefix=".model.tar.gz.", suffix=".partial", dir=directory)
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _default_work_dir(output_dir: Path, inputs: tuple[Path, ...]) -> Path:
+    """The output's parent (normally the large ML volume), else the system temp dir."""
+    parent = output_dir.parent
+    if os.access(parent, os.W_OK | os.X_OK) and not _inside_any(parent, inputs):
+        return parent
+    return Path(tempfile.gettempdir())
+
+
+def _inside_any(path: Path, inputs: tuple[Path, ...]) -> Optional[Path]:
+    """The input that path lies in (or is), if any."""
+    real = path.resolve()
+    return next(
+        (source for source in inputs if source.exists() and _is_inside(real, source.resolve())),
+        None,
+    )
+
+
+def _prepare_output_dir(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise PackagingError(
+            f"output path {output_dir} exists and is not a directory; remove it or choose another"
+        )
+    with _os_errors("creating the output directory", output_dir):
+        output_dir.mkdir(parents=True, exist_ok=True)
+    others = sorted(p.name for p in output_dir.iterdir() if p.name != PACKAGE_NAME)
+    if others:
+        log.warning(
+            "output directory %s also holds %s; they are left alone", output_dir, ", ".join(others)
+        )
+
+
+def _stage_inputs(model_dir: Path, script_dir: Path, staging: Path) -> Path:
+    """Assemble the package tree in staging; return its root."""
+    archive = find_model_archive(model_dir)
+    has_code = script_dir.is_dir() and _has_files(script_dir)
+    if not has_code:
+        log.warning(
+            "no inference code in %s: the package has no code/ unless the model brings one",
+            script_dir,
+        )
+    tree = staging / "package"
+    if archive is not None:
+        log.info("model archive: %s (%s)", archive, _human(archive.stat().st_size))
+        extracted = staging / "extracted"
+        extracted.mkdir()
+        with _phase("extract"), _os_errors("extracting the model archive", extracted):
+            extract_archive(archive, extracted)
+        model_root = extracted
+    else:
+        log.info("model: loose files in %s", model_dir)
+        model_root = model_dir
+    replaced = model_root / CODE_DIR
+    if has_code and os.path.lexists(replaced):
+        dropped = 1 if not replaced.is_dir() or replaced.is_symlink() else _count_files(replaced)
+        log.warning(
+            "the model's own code/ (%d files) is dropped and replaced by %s", dropped, script_dir
+        )
+    with _phase("stage"), _os_errors("staging the inputs", staging):
+        stage_tree(model_root, tree, skip={CODE_DIR} if has_code else ())
+        if has_code:
+            stage_tree(script_dir, tree / CODE_DIR)
+    return tree
+
+
+def _check_and_log_inputs(members: list[Member]) -> None:
+    code = [m for m in members if not m.is_dir and m.name.startswith(CODE_DIR + "/")]
+    model = [m for m in members if not m.is_dir and not m.name.startswith(CODE_DIR + "/")]
+    if not model:
+        raise PackagingError(
+            "the model input holds no model files; a package without a model cannot be deployed"
+        )
+    log.info("model files: %d, %s", len(model), _human(sum(m.size for m in model)))
+    log.info("code files: %d, %s", len(code), _human(sum(m.size for m in code)))
+    for member in members:
+        log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
+
+
+def _write_and_verify(members: list[Member], output_dir: Path, level: int) -> tuple[Path, str, int]:
+    """Write the package next to its final name, verify it, then rename it into place."""
+    final = output_dir / PACKAGE_NAME
+    with _temporary_file(output_dir) as temporary:
+        with (
+            _phase("compress"),
+            _os_errors("writing the package", temporary),
+            open(temporary, "wb") as out,
+        ):
+            with GzipWriter(out, level) as sink:
+                expected = write_tar(members, sink)
+            out.flush()
+            os.fsync(out.fileno())
+        with _phase("verify"), _os_errors("verifying the package", temporary):
+            digest = verify_package(temporary, expected)
+        with _os_errors("publishing the package", final):
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, final)
+            _fsync_dir(output_dir)
+    return final, digest, final.stat().st_size
+
+
+def package(
+    model_dir: Union[str, Path],
+    script_dir: Union[str, Path],
+    output_dir: Union[str, Path],
+    *,
+    work_dir: Union[str, Path, None] = None,
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+    source_date_epoch: Optional[int] = None,
+) -> Path:
+    """Build output_dir/model.tar.gz from the model and the inference code; return its path.
+
+    Raises PackagingError, with a message that says what to do, on any failure;
+    nothing partial is left behind.
+    """
+    started = time.monotonic()
+    model_dir, script_dir, output_dir = Path(model_dir), Path(script_dir), Path(output_dir)
+    if not 0 <= compression_level <= 9:
+        raise PackagingError(f"compression level must be 0-9, not {compression_level}")
+    inputs = (model_dir, script_dir)
+    work = Path(work_dir) if work_dir is not None else _default_work_dir(output_dir, inputs)
+    for path, what in ((output_dir, "output"), (work, "work")):
+        source = _inside_any(path, inputs)
+        if source is not None:
+            raise PackagingError(
+                f"the {what} directory {path} is inside the input {source}; inputs are never "
+                "written to: choose a directory outside them"
+            )
+    _prepare_output_dir(output_dir)
+    if not work.is_dir():
+        raise PackagingError(f"work directory {work} does not exist; create it or choose another")
+    log.info(
+        "free space: staging %s (%s), output %s (%s)",
+        work,
+        _free_space(work),
+        output_dir,
+        _free_space(output_dir),
+    )
+    with _staging_dir(work) as staging:
+        tree = _stage_inputs(model_dir, script_dir, staging)
+        members = plan_members(tree, source_date_epoch)
+        _check_and_log_inputs(members)
+        final, digest, size = _write_and_verify(members, output_dir, compression_level)
+    seconds = time.monotonic() - started
+    bytes_in = sum(member.size for member in members)
+    log.info(
+        "package %s: %d files, %s in, %s out, ratio %.3f, %.2f s, %.1f MB/s, sha256 %s",
+        final,
+        sum(not member.is_dir for member in members),
+        _human(bytes_in),
+        _human(size),
+        size / bytes_in if bytes_in else 1.0,
+        seconds,
+        bytes_in / seconds / 1e6,
+        digest,
+    )
+    return final
+
+
+# ---------------------------------------------------------------------------
+# Entry points: main() for pipelines, cli() for the command line
+
+
+def _in_processing_job() -> bool:
+    return Path(JOB_CONFIG_PATH).exists() or Path(FAILURE_MESSAGE_PATH).parent.is_dir()
+
+
+def _report_failure(reason: str) -> None:
+    """Log the one ERROR line and, inside a processing job, hand it to SageMaker."""
+    log.error("%s", reason)
+    if not _in_processing_job():
+        return
+    message = reason.encode("utf-8")[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
+    path = Path(FAILURE_MESSAGE_PATH)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(message, encoding="utf-8")
+    except OSError as exc:
+        log.warning("could not write the failure reason to %s: %s", path, exc)
+
+
+def _source_date_epoch(environ: Mapping[str, str]) -> Optional[int]:
+    value = environ.get("SOURCE_DATE_EPOCH")
+    if value is None or value == "":
+        return None
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise PackagingError(f"SOURCE_DATE_EPOCH must be an integer, not {value!r}") from None
+
+
+def main(
+    input_paths: Mapping[str, str],
+    output_paths: Mapping[str, str],
+    environ_vars: Mapping[str, str],
+    job_args: Optional[argparse.Namespace] = None,
+) -> Path:
+    """Pipeline entry point: package the model and return the package's path.
+
+    input_paths has model_input and script_input; output_paths has
+    package_output (or output_dir, as older callers say). environ_vars may set
+    SOURCE_DATE_EPOCH and WORKING_DIRECTORY; job_args may set work_dir and
+    compression_level. Raises PackagingError on failure, after reporting it.
+    """
+    try:
+        work_dir = (
+            getattr(job_args, "work_dir", None) or environ_vars.get("WORKING_DIRECTORY") or None
+        )
+        return package(
+            input_paths.get("model_input", DEFAULT_MODEL_PATH),
+            input_paths.get("script_input", DEFAULT_SCRIPT_PATH),
+            output_paths.get("package_output", output_paths.get("output_dir", DEFAULT_OUTPUT_PATH)),
+            work_dir=work_dir,
+            compression_level=getattr(job_args, "compression_level", DEFAULT_COMPRESSION_LEVEL),
+            source_date_epoch=_source_date_epoch(environ_vars),
+        )
+    except PackagingError as exc:
+        _report_failure(str(exc))
+        raise
+    except _Stopped as exc:
+        _report_failure(f"stopped by {exc}; cleaned up, no package was written")
+        raise
+    except Exception as exc:
+        log.exception("unexpected error")
+        _report_failure(
+            f"unexpected error ({type(exc).__name__}: {exc}); please report this bug with the log"
+        )
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; defaults are read from the module constants at call time."""
+    parser = argparse.ArgumentParser(
+        prog="mims_package.py",
+        description="Package a trained model and its inference code into a verified, "
+        "deterministic model.tar.gz for SageMaker. With no arguments it uses the "
+        "SageMaker Processing paths.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model-dir",
+        default=DEFAULT_MODEL_PATH,
+        help="model input: a model.tar.gz (gzip, bzip2, xz or tar) or loose model files",
+    )
+    parser.add_argument(
+        "--script-dir", default=DEFAULT_SCRIPT_PATH, help="inference code, packaged under code/"
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=DEFAULT_OUTPUT_PATH,
+        help="where model.tar.gz is written (created if missing)",
+    )
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="where the staging directory is created; default: $WORKING_DIRECTORY, "
+        "else the output directory's parent, else the system temp dir",
+    )
+    parser.add_argument(
+        "--compression-level",
+        type=int,
+        choices=range(10),
+        metavar="{0-9}",
+        default=DEFAULT_COMPRESSION_LEVEL,
+        help="gzip level; 0 stores",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging detail",
+    )
+    parser.add_argument(
+        "--print-contract", action="store_true", help="print the script contract as JSON and exit"
+    )
+    return parser
+
+
+def _raise_stopped(signum: int, frame: Optional[FrameType]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stopped(signum)
+
+
+def cli(argv: Optional[list[str]] = None) -> int:
+    """Run the job from the command line; return the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.print_contract:
+        print(json.dumps(CONTRACT, indent=2))
+        return 0
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_stopped)
+    environ = {name: os.environ[name] for name in OPTIONAL_ENV_VARS if name in os.environ}
+    try:
+        main(
+            {"model_input": args.model_dir, "script_input": args.script_dir},
+            {"package_output": args.output_dir},
+            environ,
+            args,
+        )
+    except _Stopped as exc:
+        return 128 + exc.signum
+    except Exception:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,188 @@
+"""Shared fixtures: input trees, hostile archives, and ways to run the job and read its package."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "mims_package.py"
+EXAMPLE = ROOT / "tests" / "fixtures" / "example"
+sys.path.insert(0, str(ROOT))
+
+import mims_package  # noqa: E402
+
+Content = Union[bytes, str, None]
+
+
+def write_tree(root: Path, spec: dict[str, Content]) -> Path:
+    """Create files (bytes or str) and empty directories (None) from {relative path: content}."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in spec.items():
+        path = root / name
+        if content is None:
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return root
+
+
+def tar_member(name: str, data: bytes = b"", **attrs: Any) -> tuple[tarfile.TarInfo, bytes]:
+    """A (TarInfo, data) pair for make_archive; attrs set type, linkname, mode and so on."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 1_600_000_000
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    if info.type != tarfile.REGTYPE:
+        info.size = 0
+    return info, data
+
+
+def make_archive(
+    path: Path, members: list[tuple[tarfile.TarInfo, bytes]], compression: str = "gz"
+) -> Path:
+    """Write members, in order and unchecked, as a tar archive (gz, bz2, xz or plain '')."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = f"w:{compression}" if compression else "w"
+    with tarfile.open(path, mode, format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def archive_tree(source: Path, archive: Path, compression: str = "gz") -> Path:
+    """Archive a directory's contents with relative names, as a training job would."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    mode = f"w:{compression}" if compression else "w"
+    with tarfile.open(archive, mode, format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(source.rglob("*")):
+            tar.add(path, arcname=path.relative_to(source).as_posix(), recursive=False)
+    return archive
+
+
+@dataclass
+class Entry:
+    type: str
+    mode: int
+    data: bytes = b""
+    mtime: int = 0
+    info: Any = field(default=None, repr=False)
+
+
+def read_package(path: Path) -> dict[str, Entry]:
+    """Every member of a package, read with tarfile's strict stream mode, in archive order."""
+    entries: dict[str, Entry] = {}
+    with tarfile.open(path, "r|gz") as tar:
+        for info in tar:
+            kind = "dir" if info.isdir() else "file" if info.isreg() else "other"
+            stream = tar.extractfile(info) if info.isreg() else None
+            data = stream.read() if stream is not None else b""
+            entries[info.name] = Entry(kind, info.mode, data, int(info.mtime), info)
+    return entries
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    """The package's regular files and their bytes."""
+    return {name: e.data for name, e in read_package(path).items() if e.type == "file"}
+
+
+def run_cli(*args: Any, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
+    """Run the script as a subprocess; return the CompletedProcess (text output)."""
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "WORKING_DIRECTORY")
+    }
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class Job:
+    """One packaging job's directories under tmp_path."""
+
+    tmp: Path
+    model: Path
+    script: Path
+    output: Path
+    work: Path
+
+    @property
+    def package(self) -> Path:
+        return self.output / "model.tar.gz"
+
+    def args(self, *extra: Any) -> list[Any]:
+        return [
+            "--model-dir",
+            self.model,
+            "--script-dir",
+            self.script,
+            "--output-dir",
+            self.output,
+            "--work-dir",
+            self.work,
+            *extra,
+        ]
+
+    def cli(self, *extra: Any, env: dict[str, str] | None = None) -> Any:
+        return run_cli(*self.args(*extra), env=env)
+
+    def main(self, environ: dict[str, str] | None = None, **job_args: Any) -> Path:
+        import argparse
+
+        return mims_package.main(
+            {"model_input": str(self.model), "script_input": str(self.script)},
+            {"package_output": str(self.output)},
+            environ or {},
+            argparse.Namespace(work_dir=str(self.work), **job_args),
+        )
+
+    def leftovers(self) -> list[str]:
+        """Anything but the package in the output dir, and anything in the work dir."""
+        found = [p.name for p in self.output.iterdir() if p.name != "model.tar.gz"]
+        return found + [p.name for p in self.work.iterdir()] if self.output.exists() else []
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Job:
+    work = tmp_path / "work"
+    work.mkdir()
+    return Job(tmp_path, tmp_path / "model", tmp_path / "script", tmp_path / "output", work)
+
+
+@pytest.fixture(autouse=True)
+def no_sagemaker_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """In-process runs never touch /opt/ml: the job-detection paths point into tmp_path."""
+    fake = tmp_path / "opt-ml"
+    monkeypatch.setattr(
+        mims_package, "JOB_CONFIG_PATH", str(fake / "config" / "processingjobconfig.json")
+    )
+    monkeypatch.setattr(mims_package, "FAILURE_MESSAGE_PATH", str(fake / "output" / "message"))
+    return fake
+
+
+def assert_refused(result: Any, job: Job, *needles: str) -> None:
+    """A clean refusal: exit 1, one ERROR line naming the problem, no package, nothing left over."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stdout
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not job.package.exists()
+    assert job.leftovers() == []

@@ -1,0 +1,191 @@
+"""The contract, the CLI and the Python API agree; failures reach SageMaker's message file."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, Job, run_cli, write_tree
+
+import mims_package
+
+
+def test_contract_constants_and_cli_defaults_agree() -> None:
+    contract = mims_package.CONTRACT
+    defaults = vars(mims_package.build_parser().parse_args([]))
+    assert contract["entry_point"] == SCRIPT.name
+    assert contract["expected_input_paths"] == {
+        "model_input": mims_package.DEFAULT_MODEL_PATH,
+        "script_input": mims_package.DEFAULT_SCRIPT_PATH,
+    }
+    assert contract["expected_output_paths"] == {"package_output": mims_package.DEFAULT_OUTPUT_PATH}
+    assert (
+        defaults["model_dir"] == "/opt/ml/processing/input/model" == mims_package.DEFAULT_MODEL_PATH
+    )
+    assert (
+        defaults["script_dir"]
+        == "/opt/ml/processing/input/script"
+        == mims_package.DEFAULT_SCRIPT_PATH
+    )
+    assert defaults["output_dir"] == "/opt/ml/processing/output" == mims_package.DEFAULT_OUTPUT_PATH
+    assert defaults["compression_level"] == 6
+    assert contract["required_env_vars"] == []
+
+
+def test_optional_env_vars_in_the_contract_are_the_ones_the_code_reads() -> None:
+    source = SCRIPT.read_text()
+    read = set(re.findall(r'"([A-Z_]{4,})"\)', source)) & {"SOURCE_DATE_EPOCH", "WORKING_DIRECTORY"}
+    assert (
+        set(mims_package.CONTRACT["optional_env_vars"])
+        == read
+        == {"SOURCE_DATE_EPOCH", "WORKING_DIRECTORY"}
+    )
+
+
+def test_print_contract_prints_the_contract_as_json() -> None:
+    result = run_cli("--print-contract")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == mims_package.CONTRACT
+
+
+def test_help_documents_every_option_with_its_default() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for option in (
+        "--model-dir",
+        "--script-dir",
+        "--output-dir",
+        "--work-dir",
+        "--compression-level",
+        "--log-level",
+        "--print-contract",
+    ):
+        assert option in result.stdout
+    text = " ".join(result.stdout.split())
+    assert "(default: /opt/ml/processing/input/model)" in text
+    assert "(default: 6)" in text
+
+
+def test_script_imports_only_the_standard_library() -> None:
+    tree = ast.parse(SCRIPT.read_text())
+    modules = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    modules |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert modules - {"__future__"} <= set(sys.stdlib_module_names)
+
+
+@pytest.mark.parametrize(
+    "args", [["--compression-level", "12"], ["--no-such-flag"], ["--threads", "0"]]
+)
+def test_bad_usage_exits_2(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+def test_no_arguments_uses_the_sagemaker_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, script, output = tmp_path / "in" / "model", tmp_path / "in" / "script", tmp_path / "out"
+    write_tree(model, {"m.bin": b"m"})
+    write_tree(script, {"inference.py": "x"})
+    monkeypatch.setattr(mims_package, "DEFAULT_MODEL_PATH", str(model))
+    monkeypatch.setattr(mims_package, "DEFAULT_SCRIPT_PATH", str(script))
+    monkeypatch.setattr(mims_package, "DEFAULT_OUTPUT_PATH", str(output))
+    assert mims_package.cli([]) == 0
+    assert (output / "model.tar.gz").is_file()
+    assert mims_package.main({}, {}, {}) == output / "model.tar.gz"
+
+
+def test_main_raises_packaging_error_and_returns_the_path(job: Job) -> None:
+    with pytest.raises(mims_package.PackagingError, match="does not exist"):
+        job.main()
+    write_tree(job.model, {"m.bin": b"m"})
+    assert job.main(compression_level=0) == job.package
+    with pytest.raises(mims_package.PackagingError, match="compression level must be 0-9"):
+        job.main(compression_level=10)
+
+
+def test_failure_reason_is_written_for_sagemaker(job: Job, no_sagemaker_paths: Path) -> None:
+    config = no_sagemaker_paths / "config" / "processingjobconfig.json"
+    write_tree(config.parent, {config.name: "{}"})
+    with pytest.raises(mims_package.PackagingError):
+        job.main()
+    message = (no_sagemaker_paths / "output" / "message").read_text(encoding="utf-8")
+    assert "model input" in message and "does not exist" in message
+
+
+def test_failure_reason_is_cut_to_1024_bytes_on_a_character_boundary(
+    no_sagemaker_paths: Path,
+) -> None:
+    (no_sagemaker_paths / "output").mkdir(parents=True)
+    mims_package._report_failure("é" * 2000)
+    data = (no_sagemaker_paths / "output" / "message").read_bytes()
+    assert len(data) <= 1024 and data.decode("utf-8") == "é" * 512
+
+
+def test_no_message_file_and_no_opt_ml_outside_a_job(job: Job, no_sagemaker_paths: Path) -> None:
+    with pytest.raises(mims_package.PackagingError):
+        job.main()
+    assert not no_sagemaker_paths.exists()
+
+
+def test_expected_failures_end_in_one_error_line_without_traceback(job: Job) -> None:
+    result = job.cli()
+    assert result.returncode == 1
+    lines = result.stdout.strip().splitlines()
+    assert " ERROR " in lines[-1] and "does not exist" in lines[-1]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_unexpected_bug_logs_a_traceback_and_exits_1(
+    job: Job, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_tree(job.model, {"m.bin": b"m"})
+
+    def boom(*args: object) -> None:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(mims_package, "plan_members", boom)
+    assert mims_package.cli([str(arg) for arg in job.args()]) == 1
+    assert "Traceback" in caplog.text and "unexpected error (ZeroDivisionError: bug)" in caplog.text
+    assert job.leftovers() == []
+
+
+def test_logs_go_to_stdout_with_timestamps_and_a_summary(job: Job) -> None:
+    write_tree(job.model, {"m.bin": b"m" * 1000})
+    result = job.cli()
+    assert result.returncode == 0 and result.stderr == ""
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", result.stdout)
+    for phase in ("stage", "compress", "verify"):
+        assert re.search(rf"INFO {phase}: done in \d+\.\d\d s", result.stdout)
+    assert re.search(
+        r"package .*: 1 files, 1\.0 KB in, .* out, ratio 0\.\d+, .* s, .* MB/s, "
+        r"sha256 [0-9a-f]{64}",
+        result.stdout,
+    )
+    assert "free space: staging" in result.stdout
+
+
+def test_api_accepts_a_namespace_without_optional_fields(job: Job) -> None:
+    write_tree(job.model, {"m.bin": b"m"})
+    path = mims_package.main(
+        {"model_input": str(job.model), "script_input": str(job.script)},
+        {"output_dir": str(job.output)},
+        {},
+        argparse.Namespace(),
+    )
+    assert path == job.package

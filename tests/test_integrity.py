@@ -1,0 +1,252 @@
+"""Integrity: corrupt inputs fail; packages are verified from disk and replaced atomically."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Job,
+    archive_tree,
+    assert_refused,
+    files_of,
+    make_archive,
+    read_package,
+    tar_member,
+    write_tree,
+)
+
+import mims_package
+
+
+def gzip_model(job: Job, data: bytes, level: int = 6) -> Path:
+    """A model.tar.gz holding one file, compressed at level (0 stores the bytes as they are)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("weights.bin")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    path = job.model / "model.tar.gz"
+    job.model.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw.getvalue(), level, mtime=0))
+    return path
+
+
+def corrupt(path: Path, offset: int, value: int | None = None) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] = (data[offset] ^ 0x01) if value is None else value
+    path.write_bytes(bytes(data))
+
+
+def test_truncated_input(job: Job) -> None:
+    path = gzip_model(job, os.urandom(100_000))
+    path.write_bytes(path.read_bytes()[:-2000])
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+def test_truncated_only_in_the_trailer(job: Job) -> None:
+    path = gzip_model(job, os.urandom(10_000))
+    path.write_bytes(path.read_bytes()[:-4])
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+def test_corrupted_crc(job: Job) -> None:
+    path = gzip_model(job, os.urandom(10_000))
+    corrupt(path, len(path.read_bytes()) - 6)
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+def test_corrupted_length(job: Job) -> None:
+    path = gzip_model(job, os.urandom(10_000))
+    corrupt(path, len(path.read_bytes()) - 2)
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+def test_flipped_byte_in_a_stored_block_is_caught_by_the_crc(job: Job) -> None:
+    data = os.urandom(50_000)
+    path = gzip_model(job, data, level=0)
+    offset = path.read_bytes().index(data[20_000:20_016]) + 8
+    corrupt(path, offset)
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+def test_trailing_garbage_after_the_gzip_stream(job: Job) -> None:
+    path = gzip_model(job, os.urandom(1000))
+    path.write_bytes(path.read_bytes() + b"garbage!")
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+def test_concatenated_gzip_members_are_a_valid_input(job: Job) -> None:
+    path = gzip_model(job, b"w" * 5000)
+    whole = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(whole[:3000]) + gzip.compress(whole[3000:]))
+    job.main()
+    assert files_of(job.package) == {"weights.bin": b"w" * 5000}
+
+
+@pytest.mark.parametrize("compression", ["bz2", "xz"])
+def test_corrupted_bzip2_and_xz(job: Job, compression: str) -> None:
+    trained = write_tree(job.tmp / "trained", {"w.bin": os.urandom(20_000)})
+    path = archive_tree(trained, job.model / "model.tar.gz", compression)
+    corrupt(path, len(path.read_bytes()) // 2)
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not an archive at all" * 40])
+def test_not_an_archive(job: Job, content: bytes) -> None:
+    job.model.mkdir()
+    (job.model / "model.tar.gz").write_bytes(content)
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
+def test_existing_package_is_replaced_on_success(job: Job) -> None:
+    write_tree(job.model, {"m.bin": b"new"})
+    write_tree(job.output, {"model.tar.gz": b"old package"})
+    assert job.cli().returncode == 0
+    assert files_of(job.package) == {"m.bin": b"new"}
+
+
+def test_existing_package_is_kept_on_failure(job: Job) -> None:
+    gzip_model(job, os.urandom(5000)).write_bytes(b"broken")
+    write_tree(job.output, {"model.tar.gz": b"old package"})
+    result = job.cli()
+    assert result.returncode == 1
+    assert job.package.read_bytes() == b"old package"
+    assert sorted(p.name for p in job.output.iterdir()) == ["model.tar.gz"]
+
+
+def test_verification_reads_the_file_back_from_disk(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, {"m.bin": os.urandom(200_000)})
+    write_tree(job.output, {"model.tar.gz": b"old package"})
+    real_verify = mims_package.verify_package
+
+    def flip_a_byte_then_verify(path: Path, expected: list) -> str:  # type: ignore[type-arg]
+        corrupt(path, path.stat().st_size // 2)
+        return real_verify(path, expected)
+
+    monkeypatch.setattr(mims_package, "verify_package", flip_a_byte_then_verify)
+    with pytest.raises(mims_package.PackagingError, match=r"verification of .* failed"):
+        job.main()
+    assert job.package.read_bytes() == b"old package"
+    assert job.leftovers() == []
+
+
+def package_of(job: Job, files: dict[str, bytes]) -> tuple[Path, list]:  # type: ignore[type-arg]
+    write_tree(job.model, files)
+    job.main()
+    records, _ = mims_package.read_package(job.package)
+    return job.package, records
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda data: data[:-1],
+        lambda data: data + b"\x00",
+        lambda data: data + gzip.compress(b"x"),
+        lambda data: (
+            data[: len(data) // 2]
+            + bytes([data[len(data) // 2] ^ 0x40])
+            + data[len(data) // 2 + 1 :]
+        ),
+    ],
+    ids=["truncated", "trailing-byte", "second-member", "flipped-byte"],
+)
+def test_verify_package_refuses_tampered_files(job: Job, tamper) -> None:  # type: ignore[no-untyped-def]
+    path, records = package_of(job, {"m.bin": os.urandom(100_000)})
+    path.write_bytes(tamper(path.read_bytes()))
+    with pytest.raises(mims_package.PackagingError, match="verification"):
+        mims_package.verify_package(path, records)
+
+
+def test_verify_package_refuses_a_different_member(job: Job) -> None:
+    path, records = package_of(job, {"a.bin": b"a", "b.bin": b"b"})
+    wrong = [
+        records[0],
+        mims_package.Record("b.bin", tarfile.REGTYPE, 1, 0o644, records[1].mtime, "0" * 64),
+    ]
+    with pytest.raises(mims_package.PackagingError, match=r"'b\.bin'"):
+        mims_package.verify_package(path, wrong)
+    assert (
+        mims_package.verify_package(path, records)
+        == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    )
+
+
+def test_logged_sha256_is_the_files(job: Job) -> None:
+    write_tree(job.model, {"m.bin": b"m"})
+    result = job.cli()
+    digest = __import__("hashlib").sha256(job.package.read_bytes()).hexdigest()
+    assert f"sha256 {digest}" in result.stdout
+
+
+def test_same_inputs_give_identical_bytes(job: Job) -> None:
+    trained = write_tree(
+        job.tmp / "trained", {"m.bin": os.urandom(3_000_000), "d/v.json": b"{}", "e": None}
+    )
+    archive_tree(trained, job.model / "model.tar.gz")
+    write_tree(job.script, {"inference.py": "x"})
+    job.main()
+    first = job.package.read_bytes()
+    job.package.unlink()
+    job.main()
+    assert job.package.read_bytes() == first
+
+
+def test_source_date_epoch_makes_rebuilds_identical(job: Job) -> None:
+    write_tree(job.model, {"m.bin": os.urandom(100_000), "sub/x": b"x"})
+    write_tree(job.script, {"inference.py": "x"})
+    epoch = {"SOURCE_DATE_EPOCH": "1700000000"}
+    job.main(environ=epoch)
+    first = job.package.read_bytes()
+    for path in [*job.model.rglob("*"), *job.script.rglob("*"), job.script]:
+        os.utime(path, (1_800_000_000, 1_800_000_000))
+    shutil.rmtree(job.output)
+    assert job.cli(env=epoch).returncode == 0
+    assert job.package.read_bytes() == first
+
+
+def test_gnu_tar_gzip_and_strict_tarfile_read_the_package(job: Job) -> None:
+    write_tree(
+        job.model, {"m.bin": os.urandom(300_000), "名前 with space/x.json": b"{}", "empty": None}
+    )
+    write_tree(job.script, {"inference.py": "x"})
+    job.main()
+    subprocess.run(["gzip", "-t", str(job.package)], check=True)
+    listing = subprocess.run(
+        ["tar", "-tzf", str(job.package)], check=True, capture_output=True, text=True
+    )
+    assert listing.stdout.splitlines() == [
+        "code/",
+        "code/inference.py",
+        "empty/",
+        "m.bin",
+        "名前 with space/",
+        "名前 with space/x.json",
+    ]
+    assert list(read_package(job.package)) == [
+        "code",
+        "code/inference.py",
+        "empty",
+        "m.bin",
+        "名前 with space",
+        "名前 with space/x.json",
+    ]
+    with tarfile.open(job.package, "r:gz") as tar:
+        tar.extractall(job.tmp / "extracted", filter="data")
+    assert (job.tmp / "extracted" / "m.bin").read_bytes() == (job.model / "m.bin").read_bytes()
+
+
+def test_archive_with_many_members_and_hard_links(job: Job) -> None:
+    members = [tar_member(f"shard-{i:03}/part.bin", os.urandom(64)) for i in range(300)]
+    make_archive(job.model / "model.tar.gz", members)
+    job.main()
+    assert len(files_of(job.package)) == 300

@@ -1,0 +1,206 @@
+"""Package layout: model files at the root, code under code/, from every kind of input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from conftest import Job, archive_tree, assert_refused, files_of, read_package, write_tree
+
+import mims_package
+
+MODEL = {
+    "xgboost_model.bst": b"booster",
+    "hyperparameters.json": "{}",
+    "preprocess/risk_table_map.pkl": b"risk",
+    "preprocess/nested/deeper/impute_dict.pkl": b"impute",
+}
+CODE = {
+    "inference.py": "def model_fn(d): pass\n",
+    "processing/__init__.py": "",
+    "requirements.txt": "numpy\n",
+}
+EXPECTED = {
+    **MODEL,
+    **{f"code/{name}": content for name, content in CODE.items()},
+}
+
+
+def as_bytes(spec: dict[str, object]) -> dict[str, bytes]:
+    return {k: v.encode() if isinstance(v, str) else v for k, v in spec.items()}  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz", ""])
+def test_archive_input_of_any_compression(job: Job, compression: str) -> None:
+    archive_tree(write_tree(job.tmp / "trained", MODEL), job.model / "model.tar.gz", compression)
+    write_tree(job.script, CODE)
+    result = job.cli()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert files_of(job.package) == as_bytes(EXPECTED)
+
+
+def test_loose_input_through_main(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    write_tree(job.script, CODE)
+    assert job.main() == job.package
+    assert files_of(job.package) == as_bytes(EXPECTED)
+
+
+def test_every_directory_has_an_entry_and_there_is_no_root_entry(job: Job) -> None:
+    write_tree(job.model, {**MODEL, "empty/dir": None})
+    write_tree(job.script, CODE)
+    job.main()
+    entries = read_package(job.package)
+    dirs = {name for name, e in entries.items() if e.type == "dir"}
+    assert dirs == {
+        "code",
+        "code/processing",
+        "empty",
+        "empty/dir",
+        "preprocess",
+        "preprocess/nested",
+        "preprocess/nested/deeper",
+    }
+    for name in entries:
+        assert not name.startswith(("/", "./")) and name not in ("", ".")
+
+
+def test_dot_slash_archive_from_gnu_tar(job: Job) -> None:
+    trained = write_tree(job.tmp / "trained", MODEL)
+    job.model.mkdir()
+    subprocess.run(
+        ["tar", "czf", str(job.model / "model.tar.gz"), "-C", str(trained), "."], check=True
+    )
+    listing = subprocess.run(
+        ["tar", "tzf", str(job.model / "model.tar.gz")], capture_output=True, text=True
+    )
+    assert "./xgboost_model.bst" in listing.stdout.splitlines()
+    write_tree(job.script, CODE)
+    job.main()
+    assert files_of(job.package) == as_bytes(EXPECTED)
+
+
+def test_archive_code_is_replaced_by_script_dir(job: Job, caplog: pytest.LogCaptureFixture) -> None:
+    trained = write_tree(job.tmp / "trained", {**MODEL, "code/old.py": "old", "code/lib/x.py": "x"})
+    archive_tree(trained, job.model / "model.tar.gz")
+    write_tree(job.script, CODE)
+    job.main()
+    assert files_of(job.package) == as_bytes(EXPECTED)
+    assert "code/ (2 files) is dropped" in caplog.text
+
+
+@pytest.mark.parametrize("script_state", ["missing", "empty"])
+def test_missing_script_dir_keeps_archive_code(
+    job: Job, script_state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    trained = write_tree(job.tmp / "trained", {**MODEL, "code/inference.py": "archived"})
+    archive_tree(trained, job.model / "model.tar.gz")
+    if script_state == "empty":
+        write_tree(job.script, {"sub": None})
+    job.main()
+    assert files_of(job.package) == as_bytes({**MODEL, "code/inference.py": "archived"})
+    assert "no inference code in" in caplog.text
+
+
+def test_missing_script_dir_and_no_archive_code_means_no_code(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    result = job.cli()
+    assert result.returncode == 0
+    assert " WARNING no inference code in" in result.stdout
+    assert not any(name.startswith("code") for name in read_package(job.package))
+
+
+def test_files_beside_the_archive_are_ignored_and_named(job: Job) -> None:
+    archive_tree(write_tree(job.tmp / "trained", MODEL), job.model / "model.tar.gz")
+    (job.model / "output.tar.gz").write_bytes(b"training output")
+    write_tree(job.script, CODE)
+    result = job.cli()
+    assert result.returncode == 0
+    assert f"WARNING ignoring {job.model / 'output.tar.gz'}" in result.stdout
+    assert files_of(job.package) == as_bytes(EXPECTED)
+
+
+@pytest.mark.parametrize(
+    ("setup", "needle"),
+    [
+        (lambda j: None, "does not exist"),
+        (lambda j: j.model.write_text("not a dir"), "is not a directory"),
+        (lambda j: j.model.mkdir(), "holds no model files"),
+        (lambda j: write_tree(j.model, {"a/b": None}), "holds no model files"),
+        (lambda j: write_tree(j.model, {"code/inference.py": "only code"}), "holds no model files"),
+    ],
+    ids=["missing", "a-file", "empty", "only-dirs", "only-code"],
+)
+def test_missing_or_empty_model_fails(job: Job, setup, needle: str) -> None:  # type: ignore[no-untyped-def]
+    setup(job)
+    write_tree(job.script, CODE)
+    assert_refused(job.cli(), job, needle)
+
+
+def test_output_dir_is_created_and_holds_only_the_package(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    write_tree(job.script, CODE)
+    job.output = job.tmp / "deep" / "new" / "output"
+    assert job.cli().returncode == 0
+    assert sorted(p.name for p in job.output.iterdir()) == ["model.tar.gz"]
+    assert list(job.work.iterdir()) == []
+
+
+def test_output_path_that_is_a_file_fails(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    job.output.write_text("in the way")
+    result = job.cli()
+    assert result.returncode == 1
+    assert "exists and is not a directory" in result.stdout
+    assert job.output.read_text() == "in the way"
+
+
+def test_default_work_dir_is_the_outputs_parent(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_tree(job.model, MODEL)
+    seen = []
+    real_mkdtemp = mims_package.tempfile.mkdtemp
+    monkeypatch.setattr(
+        mims_package.tempfile, "mkdtemp", lambda **kw: seen.append(kw["dir"]) or real_mkdtemp(**kw)
+    )
+    mims_package.main(
+        {"model_input": str(job.model), "script_input": str(job.script)},
+        {"output_dir": str(job.output)},
+        {},
+    )
+    assert seen == [job.output.parent]
+    mims_package.main(
+        {"model_input": str(job.model), "script_input": str(job.script)},
+        {"package_output": str(job.output)},
+        {"WORKING_DIRECTORY": str(job.work)},
+    )
+    assert seen[-1] == job.work
+    assert sorted(p.name for p in job.tmp.iterdir()) == ["model", "output", "work"]
+
+
+def test_output_or_work_dir_inside_an_input_is_refused(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    write_tree(job.script, CODE)
+    before = sorted(p.relative_to(job.tmp) for p in job.tmp.rglob("*"))
+    result = job.cli("--output-dir", job.script / "out")
+    assert result.returncode == 1 and "is inside the input" in result.stdout
+    result = job.cli("--work-dir", job.model)
+    assert result.returncode == 1 and "is inside the input" in result.stdout
+    assert sorted(p.relative_to(job.tmp) for p in job.tmp.rglob("*")) == before
+
+
+def test_inputs_are_never_modified(job: Job) -> None:
+    write_tree(job.model, {**MODEL, "run.sh": "#!/bin/sh\n"})
+    (job.model / "run.sh").chmod(0o700)
+    write_tree(job.script, CODE)
+    snapshot = {
+        p: (p.stat().st_mode, p.stat().st_mtime_ns, p.read_bytes())
+        for p in job.model.rglob("*")
+        if p.is_file()
+    }
+    job.main()
+    assert {
+        p: (p.stat().st_mode, p.stat().st_mtime_ns, p.read_bytes()) for p in snapshot
+    } == snapshot
+    shutil.rmtree(job.output)
+    assert all(p.exists() for p in snapshot)

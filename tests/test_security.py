@@ -1,0 +1,185 @@
+"""Hostile model archives: every trick is refused cleanly and nothing lands outside staging."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import Job, assert_refused, files_of, make_archive, tar_member, write_tree
+
+SYM, HARD = tarfile.SYMTYPE, tarfile.LNKTYPE
+
+
+def tree_snapshot(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if "output" not in p.relative_to(root).parts[:1]}
+
+
+def run_hostile(job: Job, members: list, *needles: str) -> None:  # type: ignore[type-arg]
+    make_archive(job.model / "model.tar.gz", [tar_member("model.bin", b"m"), *members])
+    write_tree(job.script, {"inference.py": ""})
+    before = tree_snapshot(job.tmp)
+    assert_refused(job.cli(), job, *needles)
+    assert tree_snapshot(job.tmp) == before
+
+
+def test_absolute_name(job: Job) -> None:
+    run_hostile(job, [tar_member(str(job.tmp / "abs-evil"), b"x")], "absolute")
+    assert not (job.tmp / "abs-evil").exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["../evil", "../../../../evil", "a/../../evil", "./a/b/../../../evil"]
+)
+def test_dotdot_escape(job: Job, name: str) -> None:
+    run_hostile(job, [tar_member(name, b"x")], repr(name), "outside")
+
+
+def test_dotdot_that_stays_inside_is_fine(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [tar_member("a/../model.bin", b"m"), tar_member("b/./c/../d.bin", b"d")],
+    )
+    job.main()
+    assert files_of(job.package) == {"model.bin": b"m", "b/d.bin": b"d"}
+
+
+def test_symlink_then_write_through_it(job: Job) -> None:
+    run_hostile(
+        job,
+        [
+            tar_member("sub/x", b"x"),
+            tar_member("link", type=SYM, linkname="sub"),
+            tar_member("link/evil", b"through the link"),
+        ],
+        "'link/evil'",
+        "goes through 'link'",
+    )
+
+
+def test_symlink_outside_then_write_through_it(job: Job) -> None:
+    run_hostile(
+        job,
+        [
+            tar_member("link", type=SYM, linkname="../../../../.."),
+            tar_member("link/tmp/evil", b"x"),
+        ],
+        "'link'",
+        "outside",
+    )
+
+
+def test_absolute_symlink(job: Job) -> None:
+    run_hostile(
+        job, [tar_member("passwd", type=SYM, linkname="/etc/passwd")], "'passwd'", "absolute"
+    )
+
+
+def test_symlink_escaping_through_an_earlier_symlink(job: Job) -> None:
+    # Read by names alone, d/l/.. is d, inside; on disk d/l is the root, so d/l/../.. leaves it.
+    run_hostile(
+        job,
+        [
+            tar_member("d/l", type=SYM, linkname=".."),
+            tar_member("e", type=SYM, linkname="d/l/../../secret"),
+        ],
+        "outside",
+    )
+
+
+def test_very_long_symlink_chain(job: Job) -> None:
+    chain = [tar_member("link0", type=SYM, linkname="model.bin")]
+    chain += [tar_member(f"link{i}", type=SYM, linkname=f"link{i - 1}") for i in range(1, 60)]
+    run_hostile(job, chain, "more than 40 links")
+
+
+@pytest.mark.parametrize("target", ["../../../../etc/passwd", "/etc/passwd", "missing", "d"])
+def test_bad_hard_links(job: Job, target: str) -> None:
+    run_hostile(job, [tar_member("d/f", b"f"), tar_member("h", type=HARD, linkname=target)], "'h'")
+
+
+def test_hard_link_inside_becomes_a_copy(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [tar_member("m.bin", b"weights"), tar_member("alias.bin", type=HARD, linkname="m.bin")],
+    )
+    job.main()
+    assert files_of(job.package) == {"m.bin": b"weights", "alias.bin": b"weights"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "word"),
+    [
+        (tarfile.CHRTYPE, "character device"),
+        (tarfile.BLKTYPE, "block device"),
+        (tarfile.FIFOTYPE, "FIFO"),
+    ],
+)
+def test_devices_and_fifos(job: Job, kind: bytes, word: str) -> None:
+    run_hostile(job, [tar_member("dev", type=kind, devmajor=1, devminor=3)], "'dev'", word)
+
+
+def test_name_that_is_not_utf8(job: Job) -> None:
+    info, data = tar_member("x", b"x")
+    make_archive(job.model / "model.tar.gz", [])
+    with tarfile.open(
+        job.model / "model.tar.gz", "w:gz", format=tarfile.GNU_FORMAT, encoding="latin-1"
+    ) as tar:
+        info.name = "caf\xe9.bin"  # written as the single byte 0xE9
+        import io
+
+        tar.addfile(info, io.BytesIO(data))
+    assert_refused(job.cli(), job, "not valid UTF-8")
+
+
+def test_path_component_over_255_bytes(job: Job) -> None:
+    run_hostile(job, [tar_member("d/" + "é" * 128, b"x")], "over 255 bytes")
+
+
+def test_a_file_replacing_a_directory_is_refused(job: Job) -> None:
+    run_hostile(
+        job, [tar_member("d/f", b"f"), tar_member("d", b"now a file")], "'d'", "replace a directory"
+    )
+
+
+def test_writing_inside_a_file_is_refused(job: Job) -> None:
+    run_hostile(
+        job, [tar_member("f", b"file"), tar_member("f/g", b"x")], "'f/g'", "which is a file"
+    )
+
+
+def test_duplicates_the_later_one_wins(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [
+            tar_member("m.bin", b"first"),
+            tar_member("m.bin", b"second"),
+            tar_member("x", type=SYM, linkname="m.bin"),
+            tar_member("x", b"file wins"),
+            tar_member("y", b"file first"),
+            tar_member("y", type=SYM, linkname="m.bin"),
+            tar_member("d", type=tarfile.DIRTYPE),
+            tar_member("d", type=tarfile.DIRTYPE),
+            tar_member("d/f", b"f"),
+        ],
+    )
+    job.main()
+    assert files_of(job.package) == {
+        "m.bin": b"second",
+        "x": b"file wins",
+        "y": b"second",
+        "d/f": b"f",
+    }
+
+
+def test_hard_link_keeps_the_content_it_was_made_with(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [
+            tar_member("m.bin", b"old"),
+            tar_member("keep", type=HARD, linkname="m.bin"),
+            tar_member("m.bin", b"new"),
+        ],
+    )
+    job.main()
+    assert files_of(job.package) == {"m.bin": b"new", "keep": b"old"}
