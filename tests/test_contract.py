@@ -189,3 +189,20 @@ def test_api_accepts_a_namespace_without_optional_fields(job: Job) -> None:
         argparse.Namespace(),
     )
     assert path == job.package
+
+
+def test_long_phases_log_progress(
+    job: Job, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    from conftest import archive_tree
+
+    trained = write_tree(job.tmp / "trained", {"w.bin": os.urandom(3 << 20)})
+    archive_tree(trained, job.model / "model.tar.gz")
+    monkeypatch.setattr(mims_package, "PROGRESS_INTERVAL", 0.0)
+    caplog.set_level("INFO", logger="mims_package")
+    job.main()
+    for phase in ("extract", "compress", "verify"):
+        pattern = rf"{phase}: [\d.]+ [KM]?B of [\d.]+ [KM]?B \(\d+%\), [\d.]+ MB/s, ETA \d+ s"
+        assert re.search(pattern, caplog.text), phase

@@ -1,0 +1,321 @@
+#!/usr/bin/env python3
+"""Benchmark mims_package.py against gzip, pigz and the naive tarfile baseline.
+
+    python3 tests/benchmark.py [--size-mb 300,1000] [--runs 3] [--threads N]
+
+It measures; it asserts nothing, and pytest does not collect it. For each size
+it generates a synthetic model with a fixed seed, as a directory and as a
+model.tar.gz made with gzip -1, then runs every contender in turn, alternating
+within each round, and reports the median of the rounds:
+
+* ours: the whole job through the CLI, verification included;
+* tar -cf - | gzip -6, and tar -cf - | pigz -6 -p N (when pigz is installed);
+* for the tar input: tar -xzf into a staging dir, then tar | pigz;
+* naive: extract or copy into a staging dir, then tarfile.open(..., "w:gz") at
+  its default level, as the original script did.
+
+Peak RSS is each command's own, with its children (wait4). A forked child's
+peak includes its parent's memory before exec, so the measuring process stays
+small: numpy and the in-process timings run in helper subprocesses. Needs numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "mims_package.py"
+CODE = ROOT / "tests" / "fixtures" / "example" / "script"
+SEED = 20261126
+BLOCK = 16_000_000
+
+NAIVE = """
+import shutil, sys, tarfile, tempfile
+from pathlib import Path
+source, output, work = sys.argv[1:4]
+staging = Path(tempfile.mkdtemp(dir=work))
+if source.endswith(".tar.gz"):
+    with tarfile.open(source, "r:*") as tar:
+        tar.extractall(staging, filter="data")
+else:
+    shutil.copytree(source, staging, dirs_exist_ok=True)
+with tarfile.open(output, "w:gz") as tar:
+    for item in sorted(staging.rglob("*")):
+        if item.is_file():
+            tar.add(item, arcname=item.relative_to(staging))
+shutil.rmtree(staging)
+"""
+
+
+def write_array(path: Path, size: int, make: Callable[[int], Any]) -> None:
+    """Write size bytes of make(n_bytes) -> ndarray blocks, so memory stays small."""
+    with open(path, "wb") as out:
+        left = size
+        while left > 0:
+            block = make(min(BLOCK, left))
+            out.write(block.tobytes()[:left])
+            left -= BLOCK
+
+
+def make_model(directory: Path, size_mb: int) -> None:
+    """A synthetic model: half weights, a quarter embeddings, sparse layers, a vocabulary."""
+    import numpy as np
+
+    rng = np.random.default_rng(SEED)
+    total = size_mb * 1_000_000
+    directory.mkdir(parents=True)
+
+    def sparse(n: int) -> Any:
+        values = rng.normal(0, 0.02, n // 4).astype(np.float32)
+        values[rng.random(values.size) < 0.9] = 0
+        return values
+
+    write_array(
+        directory / "weights.bin",
+        total // 2,
+        lambda n: rng.normal(0, 0.02, n // 4).astype(np.float32),
+    )
+    write_array(
+        directory / "embeddings.bin",
+        total // 4,
+        lambda n: rng.normal(0, 1, n // 2).astype(np.float16),
+    )
+    write_array(directory / "sparse.bin", total * 23 // 100, sparse)
+    vocab_size = total // 50 // 16
+    vocabulary = {f"token_{i}_{rng.integers(1 << 30):x}": i for i in range(vocab_size)}
+    (directory / "vocab.json").write_text(json.dumps(vocabulary))
+
+
+@dataclass
+class Contender:
+    name: str
+    command: list[str]
+    output: Path
+    shell: bool = False
+    seconds: list[float] = field(default_factory=list)
+    rss_kb: int = 0
+    compress_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def run_measured(contender: Contender) -> None:
+    """Run one contender, taking its peak RSS (with children) from wait4."""
+    if contender.output.exists():
+        contender.output.unlink()
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        contender.command,
+        shell=contender.shell,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    log = process.stdout.read().decode()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"{contender.name} failed ({process.returncode}):\n{log}")
+    contender.seconds.append(seconds)
+    contender.rss_kb = max(contender.rss_kb, usage.ru_maxrss)
+    found = re.search(r"compress: done in ([\d.]+) s", log)
+    if found:
+        contender.compress_seconds.append(float(found.group(1)))
+
+
+def ours(name: str, model: Path, out: Path, work: Path, *extra: str) -> Contender:
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--model-dir",
+        str(model),
+        "--script-dir",
+        str(CODE),
+        "--output-dir",
+        str(out.parent),
+        "--work-dir",
+        str(work),
+        *extra,
+    ]
+    return Contender(name, command, out)
+
+
+def shell(name: str, script: str, output: Path) -> Contender:
+    return Contender(name, ["sh", "-c", script], output)
+
+
+def contenders(
+    model: Path, archive_dir: Path, work: Path, threads: int
+) -> dict[str, dict[str, Contender]]:
+    """What runs, by input kind and key; the first of each kind is ours."""
+    archive = archive_dir / "model.tar.gz"
+    stage = work / "peer-stage"
+
+    def out(key: str) -> Path:
+        (work / key).mkdir(exist_ok=True)
+        return work / key / "model.tar.gz"
+
+    def naive(source: Path, key: str) -> Contender:
+        command = [sys.executable, "-c", NAIVE, str(source), str(out(key)), str(work)]
+        return Contender("naive (tarfile w:gz)", command, out(key))
+
+    pigz = f"pigz -6 -p {threads}"
+    directory = {
+        "ours": ours("ours", model, out("ours"), work, "--threads", str(threads)),
+        "gzip": shell(
+            "tar | gzip -6", f"tar -cf - -C '{model}' . | gzip -6 > '{out('gzip')}'", out("gzip")
+        ),
+        "pigz": shell(
+            f"tar | {pigz}", f"tar -cf - -C '{model}' . | {pigz} > '{out('pigz')}'", out("pigz")
+        ),
+        "naive": naive(model, "naive"),
+        "ours-t1": ours("ours --threads 1", model, out("ours-t1"), work, "--threads", "1"),
+        "ours-t4": ours("ours --threads 4", model, out("ours-t4"), work, "--threads", "4"),
+    }
+    extract_then_pigz = (
+        f"rm -rf '{stage}' && mkdir '{stage}' && tar -xzf '{archive}' -C '{stage}' && "
+        f"tar -cf - -C '{stage}' . | {pigz} > '{out('pigz-tar')}' && rm -rf '{stage}'"
+    )
+    tar_input = {
+        "ours": ours("ours", archive_dir, out("ours-tar"), work, "--threads", str(threads)),
+        "pigz": shell(f"tar -xzf + tar | {pigz}", extract_then_pigz, out("pigz-tar")),
+        "naive": naive(archive, "naive-tar"),
+    }
+    if not shutil.which("pigz"):
+        del directory["pigz"], tar_input["pigz"]
+    return {"directory": directory, "model.tar.gz": tar_input}
+
+
+def writer_scaling(model: Path, threads: int, runs: int) -> tuple[float, float]:
+    """Median seconds of the compression alone (tar stream into GzipWriter), 1 and N threads."""
+    sys.path.insert(0, str(ROOT))
+    import mims_package
+
+    members = mims_package.plan_members(model, None)
+
+    class Discard:
+        def write(self, data: bytes) -> None:
+            pass
+
+    times: dict[int, list[float]] = {1: [], threads: []}
+    for _ in range(runs):
+        for count in times:
+            start = time.perf_counter()
+            with mims_package.GzipWriter(Discard(), 6, count) as sink:
+                mims_package.write_tar(members, sink)
+            times[count].append(time.perf_counter() - start)
+    return statistics.median(times[1]), statistics.median(times[threads])
+
+
+def report(size_mb: int, kind: str, group: list[Contender], gzip_size: int | None) -> list[str]:
+    mine = group[0]
+    rows = []
+    for contender in group:
+        ratio = contender.median / mine.median
+        size = contender.output.stat().st_size
+        size_ratio = f"{size / gzip_size:.4f}" if gzip_size else "-"
+        rows.append(
+            f"| {size_mb} MB | {kind} | {contender.name.replace('|', chr(92) + '|')} | "
+            f"{contender.median:.2f} | "
+            f"{ratio:.2f}x | {size_ratio} | {contender.rss_kb / 1024:.0f} |"
+        )
+    return rows
+
+
+def helper(*args: str) -> str:
+    """Run this file in a subprocess for work that must not grow this process."""
+    command = [sys.executable, __file__, *args]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--generate"]:
+        make_model(Path(sys.argv[2]), int(sys.argv[3]))
+        return
+    if sys.argv[1:2] == ["--writer-scaling"]:
+        print(*writer_scaling(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", default="300,1000", help="model sizes, comma-separated")
+    parser.add_argument("--runs", type=int, default=3, help="rounds; the median is reported")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--work-dir", default=None, help="scratch space (default: system temp)")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.size_mb.split(",")]
+    scratch = Path(tempfile.mkdtemp(prefix="mims-bench-", dir=args.work_dir))
+    table = [
+        "| model | input | command | median s | time vs ours | size vs gzip -6 | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    try:
+        for size_mb in sizes:
+            base = scratch / f"{size_mb}"
+            model, archive_dir, work = base / "model", base / "archive", base / "work"
+            helper("--generate", str(model), str(size_mb))
+            archive_dir.mkdir(parents=True)
+            work.mkdir()
+            subprocess.run(
+                f"tar -cf - -C '{model}' . | gzip -1 > '{archive_dir}/model.tar.gz'",
+                shell=True,
+                check=True,
+            )
+            groups = contenders(model, archive_dir, work, args.threads)
+            for _ in range(args.runs):
+                for group in groups.values():
+                    for contender in group.values():
+                        run_measured(contender)
+            directory = groups["directory"]
+            gzip_size = directory["gzip"].output.stat().st_size
+            for kind, group in groups.items():
+                table += report(size_mb, kind, list(group.values()), gzip_size)
+            one, many = map(
+                float,
+                helper("--writer-scaling", str(model), str(args.threads), str(args.runs)).split(),
+            )
+            t1 = statistics.median(directory["ours-t1"].compress_seconds)
+            tn = statistics.median(directory["ours"].compress_seconds)
+            notes.append(
+                f"{size_mb} MB: compression alone 1 -> {args.threads} threads: {one:.2f} s -> "
+                f"{many:.2f} s ({one / many:.2f}x); the job's compress phase (read-back "
+                f"overlapped): {t1:.2f} s -> {tn:.2f} s ({t1 / tn:.2f}x)"
+            )
+            shutil.rmtree(base)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    python = platform.python_version()
+    print(f"{datetime.date.today()}, {cpu}, {os.cpu_count()} CPUs, Python {python}, ")
+    print(f"{args.runs} rounds, median; level 6, {args.threads} threads")
+    print()
+    print("\n".join(table))
+    print()
+    print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()
