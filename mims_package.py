@@ -258,7 +258,7 @@ def _resolve_inside(link: Path, root: Path) -> Path:
         candidate = root.joinpath(*resolved, part)
         try:
             mode = os.lstat(candidate).st_mode
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise PackagingError(
                 f"symlink {link} dangles (nothing at {candidate}); fix or remove it"
             ) from None

@@ -186,3 +186,36 @@ def assert_refused(result: Any, job: Job, *needles: str) -> None:
     assert "Traceback" not in result.stdout + result.stderr
     assert not job.package.exists()
     assert job.leftovers() == []
+
+
+def unshare_works() -> bool:
+    """True where this process may make a private mount namespace and mount a tmpfs in it."""
+    probe = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+needs_unshare = pytest.mark.skipif(
+    not unshare_works(), reason="unshare --mount with tmpfs is not permitted here (needs root)"
+)
+
+
+def in_namespace(script: str, *args: Any, timeout: float = 120) -> Any:
+    """Run a shell script in a private mount namespace: its mounts vanish with it."""
+    return subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            *map(str, args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
