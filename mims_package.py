@@ -60,7 +60,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, Any, Callable, Collection, Iterator, Mapping, Optional, Protocol, Union, cast
 
 # ---------------------------------------------------------------------------
@@ -726,7 +726,7 @@ def _deflate_chunk(chunk: bytes, window: bytes, level: int) -> tuple[bytes, int,
     return piece, zlib.crc32(chunk), len(chunk)
 
 
-class GzipWriter:
+class GzipWriter(contextlib.AbstractContextManager["GzipWriter"]):
     """Compresses everything written to it into one gzip member on out, on threads.
 
     Use it as a context manager: a clean exit writes the end of the stream, an
@@ -773,15 +773,7 @@ class GzipWriter:
             self._write_oldest()
         self._out.write(b"\x03\x00" + struct.pack("<II", self._crc, self.size & 0xFFFFFFFF))
 
-    def __enter__(self) -> GzipWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, exc_type: object, *exc_details: object) -> None:
         try:
             if exc_type is None:
                 self.close()
@@ -972,7 +964,7 @@ def verify_package(path: Path, expected: list[Record]) -> str:
     return _check_decoded(path, expected, lambda: read_package(path))
 
 
-class _ReadBack:
+class _ReadBack(contextlib.AbstractContextManager["_ReadBack"]):
     """Reads the package back from disk while it is being written, and decodes it.
 
     Everything the compressor produces goes through write(): to the file, then
@@ -1034,15 +1026,8 @@ class _ReadBack:
         except BaseException as exc:
             self._error = exc
 
-    def __enter__(self) -> _ReadBack:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the reader (at once, if the writer failed) and close its descriptor."""
         with self._ready:
             self._cancelled = True
             self._ready.notify()

@@ -73,33 +73,33 @@ def run_on_small_disk(job: Job, small: Path, *args: Any) -> tuple[int, str, list
 
 
 @needs_unshare
-def test_disk_full_while_extracting(job: Job) -> None:
-    make_archive(job.model / "model.tar.gz", [tar_member("w.bin", os.urandom(BIG))])
-    code, log, left = run_on_small_disk(job, job.work)
+@pytest.mark.parametrize(
+    ("as_archive", "small", "doing"),
+    [
+        (True, "work", "extracting the model archive"),
+        (False, "work", "staging the inputs"),
+        (False, "output", "writing the package"),
+    ],
+    ids=["extract", "stage", "package-write"],
+)
+def test_disk_full_in_each_phase(job: Job, as_archive: bool, small: str, doing: str) -> None:
+    data = os.urandom(BIG)
+    if as_archive:
+        make_archive(job.model / "model.tar.gz", [tar_member("w.bin", data)])
+    else:
+        write_tree(job.model, {"w.bin": data})
+    small_dir = getattr(job, small)
+    code, log, left = run_on_small_disk(job, small_dir)
     assert code == 1, log
-    assert "no space left on device while extracting the model archive" in log
-    assert "free there" in log and "Traceback" not in log
-    assert left == []
-
-
-@needs_unshare
-def test_disk_full_while_staging(job: Job) -> None:
-    write_tree(job.model, {"w.bin": os.urandom(BIG)})
-    code, log, left = run_on_small_disk(job, job.work)
-    assert code == 1, log
-    assert "no space left on device while staging the inputs" in log and "Traceback" not in log
-    assert left == []
-
-
-@needs_unshare
-def test_disk_full_while_writing_the_package(job: Job) -> None:
-    write_tree(job.model, {"w.bin": os.urandom(BIG)})
-    code, log, left = run_on_small_disk(job, job.output)
-    assert code == 1, log
-    assert "no space left on device while writing the package" in log and "Traceback" not in log
-    assert left == ["model.tar.gz"]
-    assert Path(f"{job.output}.package").read_bytes() == OLD
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"no space left on device while {doing}" in errors[0], log
+    assert "free there" in errors[0] and "Traceback" not in log
     assert list(job.work.iterdir()) == []
+    if small == "output":
+        assert left == ["model.tar.gz"]
+        assert Path(f"{job.output}.package").read_bytes() == OLD
+    else:
+        assert left == []
 
 
 # --- A full disk, injected: the same paths, on any machine -------------------------------
