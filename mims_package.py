@@ -39,13 +39,13 @@ import bz2
 import contextlib
 import errno
 import functools
-import gzip
 import hashlib
 import json
 import logging
 import lzma
 import math
 import os
+import queue
 import shutil
 import signal
 import stat
@@ -309,17 +309,123 @@ def find_model_archive(model_dir: Path) -> Optional[Path]:
 # Safe extraction of the untrusted model archive
 
 
-def _open_decompressed(raw: IO[bytes]) -> IO[bytes]:
-    """Wrap raw in the decompressor its first bytes call for; plain tar passes through."""
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class _GunzipReader:
+    """Decodes gzip from raw: read(size) returns decoded bytes, b"" only at a verified end.
+
+    zlib checks each member's CRC-32 and length. The package must be exactly
+    one member with nothing after it (many=False); an input archive may be
+    several members with zero padding after them, as gzip -d accepts.
+    """
+
+    def __init__(self, raw: _Readable, many: bool, progress: Optional[_Progress] = None) -> None:
+        self._raw = raw
+        self._many = many
+        self._progress = progress
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._input = b""
+        self._decoded = 0
+        self.file_sha256 = hashlib.sha256()
+
+    def _read_raw(self) -> bytes:
+        data = self._raw.read(IO_BLOCK_SIZE)
+        self.file_sha256.update(data)
+        return data
+
+    def read(self, size: int, /) -> bytes:
+        while True:
+            if self._inflate.eof and not self._next_member():
+                return b""
+            data = self._inflate.unconsumed_tail or self._input or self._read_raw()
+            self._input = b""
+            if not data:
+                raise zlib.error("the gzip stream ends early")
+            out = self._inflate.decompress(data, size)
+            if out:
+                self._decoded += len(out)
+                if self._progress is not None:
+                    self._progress.update(self._decoded)
+                return out
+
+    def _next_member(self) -> bool:
+        """After a member: start the next one and return True, or check the end and return False."""
+        rest = self._inflate.unused_data
+        while len(rest) < len(GZIP_MAGIC) and (more := self._read_raw()):
+            rest += more
+        if not rest:
+            return False
+        if self._many and rest.startswith(GZIP_MAGIC):
+            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._input = rest
+            return True
+        while self._many and not rest.strip(b"\0"):
+            rest = self._read_raw()
+            if not rest:
+                return False
+        raise zlib.error("data follows the gzip stream")
+
+
+def _decompressed(raw: IO[bytes]) -> _Readable:
+    """The decoder that raw's first bytes call for; plain tar passes through."""
     magic = raw.read(6)
     raw.seek(0)
-    if magic.startswith(b"\x1f\x8b"):
-        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if magic.startswith(GZIP_MAGIC):
+        return _GunzipReader(raw, many=True)
     if magic.startswith(b"BZh"):
-        return cast(IO[bytes], bz2.BZ2File(raw))
+        return bz2.BZ2File(raw)
     if magic.startswith(b"\xfd7zXZ\x00"):
-        return cast(IO[bytes], lzma.LZMAFile(raw))
+        return lzma.LZMAFile(raw)
     return raw
+
+
+class _ReadAhead(contextlib.AbstractContextManager["_ReadAhead"]):
+    """Reads a stream a few blocks ahead on a thread of its own.
+
+    Decompression (zlib, bz2, lzma) releases the GIL, so the archive is
+    inflated on one core while the main thread writes its members on another,
+    as tar -xzf runs gzip beside tar. An error in the thread reaches read().
+    """
+
+    def __init__(self, stream: _Readable, depth: int = 8) -> None:
+        self._blocks: queue.Queue[Union[bytes, BaseException]] = queue.Queue(depth)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(stream,), name="read-ahead")
+        self._thread.start()
+
+    def _fill(self, stream: _Readable) -> None:
+        try:
+            while not self._stopping.is_set():
+                block = stream.read(IO_BLOCK_SIZE)
+                self._put(block)
+                if not block:
+                    return
+        except BaseException as exc:
+            self._put(exc)
+
+    def _put(self, item: Union[bytes, BaseException]) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(queue.Full):
+                self._blocks.put(item, timeout=0.1)
+                return
+
+    def read(self, size: int, /) -> bytes:
+        """The next decoded block (tarfile asks for IO_BLOCK_SIZE, so blocks are never cut)."""
+        item = self._blocks.get()
+        if isinstance(item, BaseException) or not item:
+            self._put(item)  # the end, or an error, stays for any later read
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stopping.set()
+        self._thread.join()
 
 
 def _member_kind(member: tarfile.TarInfo) -> str:
@@ -497,11 +603,14 @@ def extract_archive(archive: Path, dest: Path) -> None:
     """
     extractor = _Extractor(dest)
     progress = _Progress("extract", archive.stat().st_size)
-    with open(archive, "rb") as raw:
+    with open(archive, "rb", buffering=0) as raw:
         try:
-            with _open_decompressed(raw) as stream:
+            with _ReadAhead(_decompressed(raw)) as stream:
                 with tarfile.open(
-                    fileobj=stream, mode="r|", bufsize=IO_BLOCK_SIZE, encoding="utf-8"
+                    fileobj=cast(IO[bytes], stream),
+                    mode="r|",
+                    bufsize=IO_BLOCK_SIZE,
+                    encoding="utf-8",
                 ) as tar:
                     for member in tar:
                         extractor.add(tar, member)
@@ -862,45 +971,6 @@ def write_tar(members: list[Member], sink: GzipWriter) -> list[Record]:
 # Verification: read the package back from disk
 
 
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
-
-
-class _GzipMemberReader:
-    """Inflates exactly one gzip member from raw, hashing the raw bytes on the way.
-
-    zlib checks the CRC-32 and length at the member's end; any byte after the
-    member, or a stream that stops early, is an error.
-    """
-
-    def __init__(self, raw: _Readable, progress: Optional[_Progress]) -> None:
-        self._raw = raw
-        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._progress = progress
-        self._decoded = 0
-        self.file_sha256 = hashlib.sha256()
-
-    def read(self, size: int, /) -> bytes:
-        """Up to size decoded bytes; b"" only at the verified end of the member."""
-        while True:
-            if self._inflate.eof:
-                if self._inflate.unused_data or self._raw.read(1):
-                    raise PackagingError("the package has data after its gzip member")
-                return b""
-            data = self._inflate.unconsumed_tail
-            if not data:
-                data = self._raw.read(IO_BLOCK_SIZE)
-                if not data:
-                    raise PackagingError("the package's gzip stream ends early")
-                self.file_sha256.update(data)
-            out = self._inflate.decompress(data, size)
-            if out:
-                self._decoded += len(out)
-                if self._progress is not None:
-                    self._progress.update(self._decoded)
-                return out
-
-
 def _sha256_of(stream: IO[bytes]) -> str:
     digest = hashlib.sha256()
     for block in iter(lambda: stream.read(IO_BLOCK_SIZE), b""):
@@ -910,7 +980,7 @@ def _sha256_of(stream: IO[bytes]) -> str:
 
 def _decode_package(raw: _Readable, progress: Optional[_Progress]) -> tuple[list[Record], str]:
     """Decode a package from raw; return its members (with SHA-256s) and the file's SHA-256."""
-    reader = _GzipMemberReader(raw, progress)
+    reader = _GunzipReader(raw, many=False, progress=progress)
     records = []
     try:
         with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|", bufsize=IO_BLOCK_SIZE) as tar:

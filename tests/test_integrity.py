@@ -91,6 +91,19 @@ def test_concatenated_gzip_members_are_a_valid_input(job: Job) -> None:
     assert files_of(job.package) == {"weights.bin": b"w" * 5000}
 
 
+def test_zero_padding_after_the_gzip_stream_is_accepted(job: Job) -> None:
+    path = gzip_model(job, b"w" * 5000)
+    path.write_bytes(path.read_bytes() + b"\0" * 3000)
+    job.main()
+    assert files_of(job.package) == {"weights.bin": b"w" * 5000}
+
+
+def test_a_second_member_cut_inside_its_header(job: Job) -> None:
+    path = gzip_model(job, b"w" * 5000)
+    path.write_bytes(path.read_bytes() + gzip.compress(b"more")[:5])
+    assert_refused(job.cli(), job, "corrupt or truncated")
+
+
 @pytest.mark.parametrize("compression", ["bz2", "xz"])
 def test_corrupted_bzip2_and_xz(job: Job, compression: str) -> None:
     trained = write_tree(job.tmp / "trained", {"w.bin": os.urandom(20_000)})
