@@ -331,12 +331,9 @@ class _GunzipReader:
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._input = b""
         self._decoded = 0
-        self.file_sha256 = hashlib.sha256()
 
     def _read_raw(self) -> bytes:
-        data = self._raw.read(IO_BLOCK_SIZE)
-        self.file_sha256.update(data)
-        return data
+        return self._raw.read(IO_BLOCK_SIZE)
 
     def read(self, size: int, /) -> bytes:
         while True:
@@ -978,9 +975,23 @@ def _sha256_of(stream: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
+class _HashingReader:
+    """Passes reads through, hashing the bytes: the package file's SHA-256 for the log."""
+
+    def __init__(self, raw: _Readable) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int, /) -> bytes:
+        data = self._raw.read(size)
+        self.sha256.update(data)
+        return data
+
+
 def _decode_package(raw: _Readable, progress: Optional[_Progress]) -> tuple[list[Record], str]:
     """Decode a package from raw; return its members (with SHA-256s) and the file's SHA-256."""
-    reader = _GunzipReader(raw, many=False, progress=progress)
+    hashed = _HashingReader(raw)
+    reader = _GunzipReader(hashed, many=False, progress=progress)
     records = []
     try:
         with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|", bufsize=IO_BLOCK_SIZE) as tar:
@@ -994,7 +1005,7 @@ def _decode_package(raw: _Readable, progress: Optional[_Progress]) -> tuple[list
             pass
     except (tarfile.TarError, zlib.error) as exc:
         raise PackagingError(f"the package does not decode: {exc}") from None
-    return records, reader.file_sha256.hexdigest()
+    return records, hashed.sha256.hexdigest()
 
 
 def read_package(path: Path) -> tuple[list[Record], str]:
