@@ -131,4 +131,9 @@ def test_symlink_root_entry_types_in_package_are_only_files_and_dirs(
     os.symlink("a", job.model / "b")
     job.main()
     with tarfile.open(job.package, "r:gz") as tar:
-        assert all(m.isreg() or m.isdir() for m in tar.getmembers())
+        assert {m.name: m.type for m in tar.getmembers()} == {
+            "a": tarfile.DIRTYPE,
+            "a/model.bin": tarfile.REGTYPE,
+            "b": tarfile.DIRTYPE,
+            "b/model.bin": tarfile.REGTYPE,
+        }
