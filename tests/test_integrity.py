@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import shutil
@@ -196,15 +197,14 @@ def test_verify_package_refuses_a_different_member(job: Job) -> None:
     with pytest.raises(mims_package.PackagingError, match=r"'b\.bin'"):
         mims_package.verify_package(path, wrong)
     assert (
-        mims_package.verify_package(path, records)
-        == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+        mims_package.verify_package(path, records) == hashlib.sha256(path.read_bytes()).hexdigest()
     )
 
 
 def test_logged_sha256_is_the_files(job: Job) -> None:
     write_tree(job.model, {"m.bin": b"m"})
     result = job.cli()
-    digest = __import__("hashlib").sha256(job.package.read_bytes()).hexdigest()
+    digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
     assert f"sha256 {digest}" in result.stdout
 
 

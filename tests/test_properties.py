@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import random
 import stat
 import subprocess
@@ -96,7 +97,7 @@ def package(model: Path, out: Path, work: Path, epoch: str | None = None) -> Pat
         {"model_input": str(model), "script_input": str(work / "no-code")},
         {"package_output": str(out)},
         environ,
-        __import__("argparse").Namespace(work_dir=str(work), compression_level=1),
+        argparse.Namespace(work_dir=str(work), compression_level=1),
     )
 
 
