@@ -213,12 +213,37 @@ class _Progress:
 # Finding the inputs
 
 
+def _walk_tree(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every entry below root with its lstat, parents before children; links not followed.
+
+    Iterative, unlike os.walk and shutil.rmtree before Python 3.12/3.13: an
+    archive can nest directories deeper than Python's recursion limit.
+    """
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                info = entry.stat(follow_symlinks=False)
+                yield Path(entry.path), info
+                if stat.S_ISDIR(info.st_mode):
+                    stack.append(Path(entry.path))
+
+
 def _has_files(directory: Path) -> bool:
     """True if anything but directories lies anywhere under directory."""
-    for dirpath, dirnames, filenames in os.walk(directory):
-        if filenames or any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
-            return True
-    return False
+    return any(not stat.S_ISDIR(info.st_mode) for _, info in _walk_tree(directory))
+
+
+def _remove_tree(root: Path) -> None:
+    """Delete root and everything below it, children before parents, without recursion."""
+    directories = [root]
+    for path, info in _walk_tree(root):
+        if stat.S_ISDIR(info.st_mode):
+            directories.append(path)
+        else:
+            path.unlink()
+    for directory in reversed(directories):
+        directory.rmdir()
 
 
 def _is_inside(path: Path, root: Path) -> bool:
@@ -687,7 +712,7 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
 
 
 def _count_files(directory: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(directory))
+    return sum(not stat.S_ISDIR(info.st_mode) for _, info in _walk_tree(directory))
 
 
 # ---------------------------------------------------------------------------
@@ -721,24 +746,21 @@ class Record:
 def plan_members(root: Path, source_date_epoch: Optional[int]) -> list[Member]:
     """List the staged tree as package members, sorted by name, with normalized metadata."""
     members = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            info = os.lstat(path)
-            is_dir = stat.S_ISDIR(info.st_mode)
-            mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
-            if source_date_epoch is not None:
-                mtime = min(mtime, source_date_epoch)
-            members.append(
-                Member(
-                    name=path.relative_to(root).as_posix(),
-                    path=path,
-                    is_dir=is_dir,
-                    size=0 if is_dir else info.st_size,
-                    mode=0o755 if is_dir or info.st_mode & 0o111 else 0o644,
-                    mtime=mtime,
-                )
+    for path, info in _walk_tree(root):
+        is_dir = stat.S_ISDIR(info.st_mode)
+        mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
+        if source_date_epoch is not None:
+            mtime = min(mtime, source_date_epoch)
+        members.append(
+            Member(
+                name=path.relative_to(root).as_posix(),
+                path=path,
+                is_dir=is_dir,
+                size=0 if is_dir else info.st_size,
+                mode=0o755 if is_dir or info.st_mode & 0o111 else 0o644,
+                mtime=mtime,
             )
+        )
     members.sort(key=lambda member: member.name)
     return members
 
@@ -1132,9 +1154,10 @@ def _staging_dir(work_dir: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
-        if path.exists():
-            log.warning("could not remove the staging directory %s", path)
+        try:
+            _remove_tree(path)
+        except OSError as exc:
+            log.warning("could not remove the staging directory %s: %s", path, exc)
 
 
 @contextlib.contextmanager

@@ -66,9 +66,20 @@ def archive_tree(source: Path, archive: Path, compression: str = "gz") -> Path:
     archive.parent.mkdir(parents=True, exist_ok=True)
     mode = f"w:{compression}" if compression else "w"
     with tarfile.open(archive, mode, format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(source.rglob("*")):
+        for path in sorted(walk(source)):
             tar.add(path, arcname=path.relative_to(source).as_posix(), recursive=False)
     return archive
+
+
+def walk(root: Path) -> list[Path]:
+    """Everything below root, without recursion (rglob recurses, and trees can be deep)."""
+    found, stack = [], [root]
+    while stack:
+        for entry in os.scandir(stack.pop()):
+            found.append(Path(entry.path))
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+    return found
 
 
 @dataclass

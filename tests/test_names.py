@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import struct
+import sys
 import tarfile
 import zlib
 from pathlib import Path
@@ -149,3 +151,29 @@ def test_headers_for_files_over_8_gib_use_a_pax_size_record() -> None:
     assert f"size={size}\n".encode() in header
     info = tarfile.TarInfo.frombuf(header[-512:], "utf-8", "strict")
     assert info.name == "huge.bin" and info.type == b"0"
+
+
+@pytest.mark.parametrize("as_archive", [False, True], ids=["loose", "archive"])
+def test_trees_deeper_than_the_recursion_limit(job: Job, as_archive: bool) -> None:
+    """Nothing recurses per directory level (os.walk and shutil.rmtree did before 3.12).
+
+    The recursion limit is set just above the current stack depth, so a tree of
+    300 levels proves it as well as one deeper than the default limit would.
+    """
+    source = job.tmp / "trained" if as_archive else job.model
+    leaf = source
+    for _ in range(300):
+        leaf = leaf / "d"
+        leaf.mkdir(parents=leaf.parent == source)
+    (leaf / "leaf.bin").write_bytes(b"x")
+    (source / "m.bin").write_bytes(b"m")
+    if as_archive:
+        archive_tree(source, job.model / "model.tar.gz")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack(0)) + 120)
+    try:
+        job.main()
+    finally:
+        sys.setrecursionlimit(limit)
+    assert files_of(job.package) == {"/".join(["d"] * 300) + "/leaf.bin": b"x", "m.bin": b"m"}
+    assert list(job.work.iterdir()) == []
