@@ -81,6 +81,8 @@ CODE_DIR = "code"
 DEFAULT_COMPRESSION_LEVEL = 6
 IO_BLOCK_SIZE = 1 << 20
 MAX_SYMLINK_HOPS = 40
+EXPANSION_LIMIT = 10  # staged entries per input entry, once symlinks are materialized
+EXPANSION_ALLOWANCE = 10_000
 MAX_NAME_BYTES = 255
 MAX_MESSAGE_BYTES = 1024
 MAX_MTIME = (1 << 33) - 1
@@ -671,10 +673,14 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
     """Rebuild root's tree at dest with only real files and directories.
 
     Symlinks inside root are replaced by what they point to; one that leaves
-    root, dangles or loops fails the job. Top-level names in skip are left out.
-    Inputs are only read and hard-linked, never modified.
+    root, dangles or loops fails the job, and so do links to directories that
+    multiply the tree beyond EXPANSION_LIMIT (a 1 KB archive of nested
+    directory links could otherwise stage millions of entries). Top-level
+    names in skip are left out. Inputs are only read and hard-linked, never
+    modified.
     """
     root = root.resolve()
+    budget = EXPANSION_LIMIT * sum(1 for _ in _walk_tree(root)) + EXPANSION_ALLOWANCE
     dest.mkdir()
     stack: list[tuple[Path, Path, tuple[tuple[int, int], ...]]] = []
     top = os.stat(root)
@@ -688,6 +694,12 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
         for name in names:
             if dest_dir == dest and name in skip:
                 continue
+            budget -= 1
+            if budget < 0:
+                raise PackagingError(
+                    f"symlinks to directories in {root} expand it more than "
+                    f"{EXPANSION_LIMIT}-fold; replace nested directory links by real directories"
+                )
             path = source_dir / name
             _check_name(path)
             real = _resolve_inside(path, root) if path.is_symlink() else path
@@ -1239,7 +1251,15 @@ def _stage_inputs(model_dir: Path, script_dir: Path, staging: Path) -> Path:
             "the model's own code/ (%d files) is dropped and replaced by %s", dropped, script_dir
         )
     with _phase("stage"), _os_errors("staging the inputs", staging):
-        stage_tree(model_root, tree, skip={CODE_DIR} if has_code else ())
+        try:
+            stage_tree(model_root, tree, skip={CODE_DIR} if has_code else ())
+        except PackagingError as exc:
+            if archive is None:
+                raise
+            # Name the archive's members, not the staging directory they were extracted to.
+            raise PackagingError(
+                str(exc).replace(str(model_root.resolve()), str(archive))
+            ) from None
         if has_code:
             stage_tree(script_dir, tree / CODE_DIR)
     return tree

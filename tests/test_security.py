@@ -183,3 +183,26 @@ def test_hard_link_keeps_the_content_it_was_made_with(job: Job) -> None:
     )
     job.main()
     assert files_of(job.package) == {"m.bin": b"new", "keep": b"old"}
+
+
+def test_nested_directory_links_cannot_multiply_the_tree(job: Job) -> None:
+    """A 1 KB archive of links to links to directories would stage 2**24 entries."""
+    members = [tar_member("d0/f", b"x")]
+    for level in range(1, 25):
+        for alias in "ab":
+            members.append(tar_member(f"d{level}/{alias}", type=SYM, linkname=f"../d{level - 1}"))
+    run_hostile(job, members, "expand it more than 10-fold", "model.tar.gz")
+
+
+def test_link_errors_name_the_archive_not_the_staging_dir(job: Job) -> None:
+    run_hostile(
+        job, [tar_member("bad", type=SYM, linkname="missing")], "model.tar.gz/bad", "dangles"
+    )
+
+
+def test_a_few_aliases_of_a_directory_are_fine(job: Job) -> None:
+    members = [tar_member(f"v3/part{i}.bin", b"w") for i in range(50)]
+    members += [tar_member(name, type=SYM, linkname="v3") for name in ("latest", "stable", "prod")]
+    make_archive(job.model / "model.tar.gz", members)
+    job.main()
+    assert len(files_of(job.package)) == 200
