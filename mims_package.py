@@ -1327,8 +1327,12 @@ def package(
     if threads < 1:
         raise PackagingError(f"threads must be at least 1, not {threads}")
     inputs = (model_dir, script_dir)
-    work = Path(work_dir) if work_dir is not None else _default_work_dir(output_dir, inputs)
-    for path, what in ((output_dir, "output"), (work, "work")):
+    chosen = (
+        {"output": output_dir}
+        if work_dir is None
+        else {"output": output_dir, "work": Path(work_dir)}
+    )
+    for what, path in chosen.items():
         source = _inside_any(path, inputs)
         if source is not None:
             raise PackagingError(
@@ -1336,6 +1340,7 @@ def package(
                 "written to: choose a directory outside them"
             )
     _prepare_output_dir(output_dir)
+    work = chosen.get("work") or _default_work_dir(output_dir, inputs)
     if not work.is_dir():
         raise PackagingError(f"work directory {work} does not exist; create it or choose another")
     log.info(

@@ -178,6 +178,25 @@ def test_default_work_dir_is_the_outputs_parent(job: Job, monkeypatch: pytest.Mo
     assert sorted(p.name for p in job.tmp.iterdir()) == ["model", "output", "work"]
 
 
+def test_default_staging_is_beside_a_new_output_dir(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, MODEL)
+    seen = []
+    real_mkdtemp = mims_package.tempfile.mkdtemp
+    monkeypatch.setattr(
+        mims_package.tempfile, "mkdtemp", lambda **kw: seen.append(kw["dir"]) or real_mkdtemp(**kw)
+    )
+    output = job.tmp / "build" / "package"
+    mims_package.main(
+        {"model_input": str(job.model), "script_input": str(job.script)},
+        {"package_output": str(output)},
+        {},
+    )
+    assert seen == [job.tmp / "build"]
+    assert sorted(p.name for p in (job.tmp / "build").iterdir()) == ["package"]
+
+
 def test_output_or_work_dir_inside_an_input_is_refused(job: Job) -> None:
     write_tree(job.model, MODEL)
     write_tree(job.script, CODE)
