@@ -1413,8 +1413,9 @@ def main(
 
     input_paths has model_input and script_input; output_paths has
     package_output (or output_dir, as older callers say). environ_vars may set
-    SOURCE_DATE_EPOCH and WORKING_DIRECTORY; job_args may set work_dir and
-    compression_level. Raises PackagingError on failure, after reporting it.
+    SOURCE_DATE_EPOCH and WORKING_DIRECTORY; job_args may set work_dir,
+    compression_level and threads. Raises PackagingError on failure, after
+    reporting it.
     """
     try:
         work_dir = (
