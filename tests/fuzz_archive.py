@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Fuzz target: any bytes as model.tar.gz end in a package or a clean refusal, never worse.
 
-    python3 tests/fuzz_archive.py -max_total_time=45    (atheris; libFuzzer options)
+    python3 tests/fuzz_archive.py CORPUS_DIR -max_total_time=45   (atheris; libFuzzer options)
 
 Each input is written as model/model.tar.gz in a fresh sandbox and packaged with
 package(). A PackagingError is the expected refusal. Any other exception, a file
 appearing anywhere in the sandbox but the output dir, or a package whose members
-are not plain relative files and dirs is a finding. The fuzzer starts from a seed
-corpus of valid archives (each compression, links, dirs, ./ names), so mutations
-reach deep into extraction. tests/test_fuzz.py runs check_one() in the default
-suite on hypothesis-made inputs.
+are not plain relative files and dirs is a finding. CORPUS_DIR is created if
+missing and seeded with valid archives (each compression, links, dirs, ./ names),
+so mutations reach deep into extraction; libFuzzer adds what it finds there.
+tests/test_fuzz.py runs check_one() in the default suite on hypothesis-made inputs.
 """
 
 from __future__ import annotations
@@ -100,10 +100,13 @@ def main() -> None:
         import mims_package
 
     logging.getLogger(mims_package.__name__).setLevel(logging.CRITICAL)
-    corpus = Path(tempfile.mkdtemp(prefix="mims-fuzz-corpus-"))
+    corpus = next((Path(arg) for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    if corpus is None:
+        raise SystemExit("usage: fuzz_archive.py CORPUS_DIR [libFuzzer options]")
+    corpus.mkdir(parents=True, exist_ok=True)
     for index, seed in enumerate(seed_corpus()):
         (corpus / f"seed{index}").write_bytes(seed)
-    atheris.Setup([*sys.argv, str(corpus)], check_one)
+    atheris.Setup(sys.argv, check_one)
     atheris.Fuzz()
 
 
