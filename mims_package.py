@@ -1327,20 +1327,16 @@ def package(
     if threads < 1:
         raise PackagingError(f"threads must be at least 1, not {threads}")
     inputs = (model_dir, script_dir)
-    chosen = (
-        {"output": output_dir}
-        if work_dir is None
-        else {"output": output_dir, "work": Path(work_dir)}
-    )
-    for what, path in chosen.items():
-        source = _inside_any(path, inputs)
+    explicit_work = Path(work_dir) if work_dir is not None else None
+    for what, path in (("output", output_dir), ("work", explicit_work)):
+        source = _inside_any(path, inputs) if path is not None else None
         if source is not None:
             raise PackagingError(
                 f"the {what} directory {path} is inside the input {source}; inputs are never "
                 "written to: choose a directory outside them"
             )
     _prepare_output_dir(output_dir)
-    work = chosen.get("work") or _default_work_dir(output_dir, inputs)
+    work = explicit_work or _default_work_dir(output_dir, inputs)
     if not work.is_dir():
         raise PackagingError(f"work directory {work} does not exist; create it or choose another")
     log.info(
