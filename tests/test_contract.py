@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, Job, run_cli, write_tree
+from conftest import SCRIPT, Job, archive_tree, run_cli, write_tree
 
 import mims_package
 
@@ -194,10 +195,6 @@ def test_api_accepts_a_namespace_without_optional_fields(job: Job) -> None:
 def test_long_phases_log_progress(
     job: Job, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import os
-
-    from conftest import archive_tree
-
     trained = write_tree(job.tmp / "trained", {"w.bin": os.urandom(3 << 20)})
     archive_tree(trained, job.model / "model.tar.gz")
     monkeypatch.setattr(mims_package, "PROGRESS_INTERVAL", 0.0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Job, archive_tree, assert_refused, files_of, read_package, write_tree
@@ -156,44 +158,46 @@ def test_output_path_that_is_a_file_fails(job: Job) -> None:
     assert job.output.read_text() == "in the way"
 
 
-def test_default_work_dir_is_the_outputs_parent(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_tree(job.model, MODEL)
-    seen = []
+@pytest.fixture
+def staging_parents(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The directories the job creates its staging dirs in, in order."""
+    seen: list[Path] = []
     real_mkdtemp = mims_package.tempfile.mkdtemp
-    monkeypatch.setattr(
-        mims_package.tempfile, "mkdtemp", lambda **kw: seen.append(kw["dir"]) or real_mkdtemp(**kw)
-    )
+
+    def recording_mkdtemp(**kwargs: Any) -> str:
+        seen.append(kwargs["dir"])
+        return real_mkdtemp(**kwargs)
+
+    monkeypatch.setattr(mims_package.tempfile, "mkdtemp", recording_mkdtemp)
+    return seen
+
+
+def test_default_work_dir_is_the_outputs_parent(job: Job, staging_parents: list[Path]) -> None:
+    write_tree(job.model, MODEL)
     mims_package.main(
         {"model_input": str(job.model), "script_input": str(job.script)},
         {"output_dir": str(job.output)},
         {},
     )
-    assert seen == [job.output.parent]
+    assert staging_parents == [job.output.parent]
     mims_package.main(
         {"model_input": str(job.model), "script_input": str(job.script)},
         {"package_output": str(job.output)},
         {"WORKING_DIRECTORY": str(job.work)},
     )
-    assert seen[-1] == job.work
+    assert staging_parents[-1] == job.work
     assert sorted(p.name for p in job.tmp.iterdir()) == ["model", "output", "work"]
 
 
-def test_default_staging_is_beside_a_new_output_dir(
-    job: Job, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_staging_is_beside_a_new_output_dir(job: Job, staging_parents: list[Path]) -> None:
     write_tree(job.model, MODEL)
-    seen = []
-    real_mkdtemp = mims_package.tempfile.mkdtemp
-    monkeypatch.setattr(
-        mims_package.tempfile, "mkdtemp", lambda **kw: seen.append(kw["dir"]) or real_mkdtemp(**kw)
-    )
     output = job.tmp / "build" / "package"
     mims_package.main(
         {"model_input": str(job.model), "script_input": str(job.script)},
         {"package_output": str(output)},
         {},
     )
-    assert seen == [job.tmp / "build"]
+    assert staging_parents == [job.tmp / "build"]
     assert sorted(p.name for p in (job.tmp / "build").iterdir()) == ["package"]
 
 
