@@ -29,10 +29,30 @@ What it promises:
   inside a processing job so that SageMaker shows it as the failure reason.
 
 ``package()`` does the work, ``main()`` is the pipeline entry point and
-``cli()`` the command line. Standard library only; Python 3.9 or later.
+``cli()`` the command line. Standard library only; Python 3.7 or later, with
+byte-identical packages on every version.
+
+The file reads in pipeline order, one section each:
+
+* Contract and constants: default paths, limits, the CONTRACT of --print-contract.
+* Errors: PackagingError, disk-error messages, phases and progress lines.
+* Finding the inputs: tree walks, symlink resolution, the model archive.
+* The tar format: the package's ustar and PAX headers, packed by hand.
+* Safe extraction: decoders, read-ahead, and the checks on every archive member.
+* Staging: the package tree, with real files and directories only.
+* What goes into the package: members, sorted, with normalized metadata.
+* The gzip writer: parallel deterministic deflate (the pigz scheme).
+* Writing the tar stream: headers, contents and hashes, into the gzip writer.
+* Verification: the package read back from disk and compared member by member.
+* The job: staging dir, output dir, package().
+* Entry points: main() for pipelines, cli() for the command line.
 """
 
-from __future__ import annotations
+import sys
+
+if sys.version_info < (3, 7):  # checked before any import or syntax that 3.6 lacks
+    major, minor = sys.version_info[:2]
+    sys.exit(f"ERROR mims_package.py needs Python 3.7 or later, this is {major}.{minor}")
 
 import argparse
 import bz2
@@ -50,7 +70,6 @@ import shutil
 import signal
 import stat
 import struct
-import sys
 import tarfile
 import tempfile
 import threading
@@ -61,7 +80,23 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Callable, Collection, Iterator, Mapping, Optional, Protocol, Union, cast
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Collection,
+    Deque,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
 
 # ---------------------------------------------------------------------------
 # Contract and constants
@@ -85,7 +120,6 @@ EXPANSION_LIMIT = 10  # staged entries per input entry, once symlinks are materi
 EXPANSION_ALLOWANCE = 10_000
 MAX_NAME_BYTES = 255
 MAX_MESSAGE_BYTES = 1024
-MAX_MTIME = (1 << 33) - 1
 PROGRESS_INTERVAL = 5.0
 
 OPTIONAL_ENV_VARS = {
@@ -96,7 +130,7 @@ OPTIONAL_ENV_VARS = {
     "--work-dir overrides it.",
 }
 
-CONTRACT: dict[str, Any] = {
+CONTRACT: Dict[str, Any] = {
     "entry_point": "mims_package.py",
     "expected_input_paths": {
         "model_input": DEFAULT_MODEL_PATH,
@@ -105,7 +139,7 @@ CONTRACT: dict[str, Any] = {
     "expected_output_paths": {"package_output": DEFAULT_OUTPUT_PATH},
     "required_env_vars": [],
     "optional_env_vars": OPTIONAL_ENV_VARS,
-    "framework_requirements": {"python": ">=3.9", "dependencies": "standard library only"},
+    "framework_requirements": {"python": ">=3.7", "dependencies": "standard library only"},
     "description": "Packages model artifacts (at the archive root) and inference code "
     "(under code/) into one deterministic, verified model.tar.gz for SageMaker hosting.",
 }
@@ -166,6 +200,22 @@ def _explain(exc: OSError, doing: str, where: Path) -> PackagingError:
     return PackagingError(f"failed while {doing}: {path}: {exc.strerror or exc}")
 
 
+_Self = TypeVar("_Self", bound="_ContextManager")
+
+
+class _ContextManager:
+    """A context manager that enters as itself; subclasses define __exit__ to clean up.
+
+    (contextlib.AbstractContextManager cannot be subscripted before Python 3.9.)
+    """
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        raise NotImplementedError
+
+
 @contextlib.contextmanager
 def _os_errors(doing: str, where: Path) -> Iterator[None]:
     """Re-raise any OSError in the block as a PackagingError that names the path."""
@@ -215,7 +265,7 @@ class _Progress:
 # Finding the inputs
 
 
-def _walk_tree(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
+def _walk_tree(root: Path) -> Iterator[Tuple[Path, os.stat_result]]:
     """Every entry below root with its lstat, parents before children; links not followed.
 
     Iterative, unlike os.walk and shutil.rmtree before Python 3.12/3.13: an
@@ -269,7 +319,7 @@ def _resolve_inside(link: Path, root: Path) -> Path:
     checked; the walk stops at MAX_SYMLINK_HOPS, like the kernel's ELOOP.
     """
     pending = list(link.relative_to(root).parts)
-    resolved: list[str] = []
+    resolved: List[str] = []
     hops = 0
     while pending:
         part = pending.pop(0)
@@ -333,11 +383,88 @@ def find_model_archive(model_dir: Path) -> Optional[Path]:
 
 
 # ---------------------------------------------------------------------------
+# The tar format: the package's headers, packed by hand
+#
+# tarfile's own headers change between Python versions (3.9 stopped writing
+# device numbers for regular files), so the package's headers are packed here
+# and depend on nothing but the member: the bytes are the same on 3.7 and 3.13.
+# The layout is the one tarfile (3.9 and later) writes in PAX format:
+#
+# * a POSIX ustar block: the name in ASCII (other characters become "?", cut
+#   at 100 bytes), mode, uid and gid 0, size and mtime in octal, empty owner
+#   names and device numbers, and the checksum;
+# * before it, only where ustar cannot hold the truth, a PAX extended header
+#   ("././@PaxHeader", type "x") whose records give the UTF-8 "path" (a name
+#   not ASCII, or over 100 bytes) and the "size" (over 8 GiB - 1).
+#
+# Directory names end in "/". Readers take the PAX records over the ustar fields.
+
+BLOCK_SIZE = 512
+RECORD_SIZE = 20 * BLOCK_SIZE
+USTAR_NAME_BYTES = 100
+USTAR_MAX_NUMBER = 8**11 - 1  # what 11 octal digits hold: sizes and mtimes
+REGULAR_TYPE = b"0"
+DIRECTORY_TYPE = b"5"
+PAX_HEADER_TYPE = b"x"
+
+
+def _ustar_block(name: bytes, kind: bytes, size: int, mode: int, mtime: int) -> bytes:
+    """One 512-byte ustar header block, checksum included."""
+    block = bytearray(BLOCK_SIZE)
+    block[0 : len(name)] = name
+    block[100:108] = b"%07o\0" % mode
+    block[108:124] = b"0000000\0" * 2  # uid, gid
+    block[124:136] = b"%011o\0" % size
+    block[136:148] = b"%011o\0" % mtime
+    block[148:156] = b" " * 8  # the checksum counts its own field as spaces
+    block[156:157] = kind
+    block[257:265] = b"ustar\x0000"
+    block[148:155] = b"%06o\0" % sum(block)
+    return bytes(block)
+
+
+def _pax_record(keyword: bytes, value: bytes) -> bytes:
+    """One PAX record, b"<length> <keyword>=<value>\\n", whose length counts its own digits."""
+    body = b" " + keyword + b"=" + value + b"\n"
+    length = len(body)
+    while length != len(body) + len(str(length)):
+        length = len(body) + len(str(length))
+    return b"%d" % length + body
+
+
+def _padding(size: int) -> bytes:
+    """The NUL bytes that fill size up to a whole block."""
+    return bytes(-size % BLOCK_SIZE)
+
+
+def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> bytes:
+    """The header blocks of one package member: ustar, after a PAX header where needed."""
+    path = name + "/" if is_dir else name
+    encoded = path.encode("utf-8")
+    records = b""
+    if not path.isascii() or len(encoded) > USTAR_NAME_BYTES:
+        records += _pax_record(b"path", encoded)
+    if size > USTAR_MAX_NUMBER:
+        records += _pax_record(b"size", b"%d" % size)
+        size = 0
+    ustar_name = path.encode("ascii", "replace")[:USTAR_NAME_BYTES]
+    kind = DIRECTORY_TYPE if is_dir else REGULAR_TYPE
+    header = _ustar_block(ustar_name, kind, size, mode, mtime)
+    if not records:
+        return header
+    pax = _ustar_block(b"././@PaxHeader", PAX_HEADER_TYPE, len(records), 0, 0)
+    return pax + records + _padding(len(records)) + header
+
+
+# ---------------------------------------------------------------------------
 # Safe extraction of the untrusted model archive
 
 
-class _Readable(Protocol):
-    def read(self, size: int, /) -> bytes: ...
+if TYPE_CHECKING:  # typing.Protocol is Python 3.8+; only the type checker needs it
+    from typing import Protocol
+
+    class _Readable(Protocol):
+        def read(self, size: int) -> bytes: ...
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -351,7 +478,7 @@ class _GunzipReader:
     several members with zero padding after them, as gzip -d accepts.
     """
 
-    def __init__(self, raw: _Readable, many: bool, progress: Optional[_Progress] = None) -> None:
+    def __init__(self, raw: "_Readable", many: bool, progress: Optional[_Progress] = None) -> None:
         self._raw = raw
         self._many = many
         self._progress = progress
@@ -362,7 +489,7 @@ class _GunzipReader:
     def _read_raw(self) -> bytes:
         return self._raw.read(IO_BLOCK_SIZE)
 
-    def read(self, size: int, /) -> bytes:
+    def read(self, size: int) -> bytes:
         while True:
             if self._inflate.eof and not self._next_member():
                 return b""
@@ -380,7 +507,10 @@ class _GunzipReader:
     def _next_member(self) -> bool:
         """After a member: start the next one and return True, or check the end and return False."""
         rest = self._inflate.unused_data
-        while len(rest) < len(GZIP_MAGIC) and (more := self._read_raw()):
+        while len(rest) < len(GZIP_MAGIC):
+            more = self._read_raw()
+            if not more:
+                break
             rest += more
         if not rest:
             return False
@@ -395,7 +525,7 @@ class _GunzipReader:
         raise zlib.error("data follows the gzip stream")
 
 
-def _decompressed(raw: IO[bytes]) -> _Readable:
+def _decompressed(raw: IO[bytes]) -> "_Readable":
     """The decoder that raw's first bytes call for; plain tar passes through."""
     magic = raw.read(6)
     raw.seek(0)
@@ -408,7 +538,7 @@ def _decompressed(raw: IO[bytes]) -> _Readable:
     return raw
 
 
-class _ReadAhead(contextlib.AbstractContextManager["_ReadAhead"]):
+class _ReadAhead(_ContextManager):
     """Reads a stream a few blocks ahead on a thread of its own.
 
     Decompression (zlib, bz2, lzma) releases the GIL, so the archive is
@@ -416,13 +546,13 @@ class _ReadAhead(contextlib.AbstractContextManager["_ReadAhead"]):
     as tar -xzf runs gzip beside tar. An error in the thread reaches read().
     """
 
-    def __init__(self, stream: _Readable, depth: int = 8) -> None:
+    def __init__(self, stream: "_Readable", depth: int = 8) -> None:
         self._blocks: queue.Queue[Union[bytes, BaseException]] = queue.Queue(depth)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._fill, args=(stream,), name="read-ahead")
         self._thread.start()
 
-    def _fill(self, stream: _Readable) -> None:
+    def _fill(self, stream: "_Readable") -> None:
         try:
             while not self._stopping.is_set():
                 block = stream.read(IO_BLOCK_SIZE)
@@ -438,7 +568,7 @@ class _ReadAhead(contextlib.AbstractContextManager["_ReadAhead"]):
                 self._blocks.put(item, timeout=0.1)
                 return
 
-    def read(self, size: int, /) -> bytes:
+    def read(self, size: int) -> bytes:
         """The next decoded block (tarfile asks for IO_BLOCK_SIZE, so blocks are never cut)."""
         item = self._blocks.get()
         if isinstance(item, BaseException) or not item:
@@ -471,7 +601,7 @@ def _member_kind(member: tarfile.TarInfo) -> str:
 
 def _mtime(value: float) -> int:
     """An integer mtime that every filesystem and tar header can hold."""
-    return max(0, min(int(value), MAX_MTIME))
+    return max(0, min(int(value), USTAR_MAX_NUMBER))
 
 
 class _Extractor:
@@ -484,12 +614,12 @@ class _Extractor:
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.kinds: dict[str, str] = {"": "dir"}
-        self.symlinks: dict[str, str] = {}
-        self.dir_mtimes: dict[str, int] = {}
+        self.kinds: Dict[str, str] = {"": "dir"}
+        self.symlinks: Dict[str, str] = {}
+        self.dir_mtimes: Dict[str, int] = {}
         self.data_filter = getattr(tarfile, "data_filter", None)
 
-    def _walk(self, start: list[str], path: str, member: str, strict: bool = True) -> list[str]:
+    def _walk(self, start: List[str], path: str, member: str, strict: bool = True) -> List[str]:
         """Apply path to the parts in start; refuse escapes (and, if strict, links on the way)."""
         try:
             path.encode("utf-8")
@@ -555,7 +685,7 @@ class _Extractor:
             self._write_file(tar, member, path, mtime)
         self.kinds[name] = "file" if kind == "hardlink" else kind
 
-    def _check_link(self, member: tarfile.TarInfo, kind: str, parts: list[str]) -> list[str]:
+    def _check_link(self, member: tarfile.TarInfo, kind: str, parts: List[str]) -> List[str]:
         """Check a link's target; return the target's parts for a hard link."""
         if kind not in ("symlink", "hardlink"):
             return []
@@ -576,7 +706,7 @@ class _Extractor:
             )
         return target_parts
 
-    def _make_parents(self, parts: list[str], mtime: int) -> None:
+    def _make_parents(self, parts: List[str], mtime: int) -> None:
         for depth in range(1, len(parts)):
             parent = "/".join(parts[:depth])
             if parent not in self.kinds:
@@ -682,10 +812,10 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
     root = root.resolve()
     budget = EXPANSION_LIMIT * sum(1 for _ in _walk_tree(root)) + EXPANSION_ALLOWANCE
     dest.mkdir()
-    stack: list[tuple[Path, Path, tuple[tuple[int, int], ...]]] = []
+    stack: List[Tuple[Path, Path, Tuple[Tuple[int, int], ...]]] = []
     top = os.stat(root)
     stack.append((root, dest, ((top.st_dev, top.st_ino),)))
-    directories: list[tuple[Path, Path]] = []
+    directories: List[Tuple[Path, Path]] = []
     while stack:
         source_dir, dest_dir, ancestors = stack.pop()
         directories.append((source_dir, dest_dir))
@@ -755,7 +885,7 @@ class Record:
     sha256: str
 
 
-def plan_members(root: Path, source_date_epoch: Optional[int]) -> list[Member]:
+def plan_members(root: Path, source_date_epoch: Optional[int]) -> List[Member]:
     """List the staged tree as package members, sorted by name, with normalized metadata."""
     members = []
     for path, info in _walk_tree(root):
@@ -802,8 +932,10 @@ CHUNK_SIZE = 1 << 20
 WINDOW_SIZE = 32 << 10
 
 
-class _Writable(Protocol):
-    def write(self, data: bytes, /) -> object: ...
+if TYPE_CHECKING:
+
+    class _Writable(Protocol):
+        def write(self, data: bytes) -> object: ...
 
 
 _CRC32_POLYNOMIAL = 0xEDB88320  # bit-reflected, as zlib's
@@ -822,7 +954,7 @@ def _gf2_multiply(a: int, b: int) -> int:
         b = (b >> 1) ^ _CRC32_POLYNOMIAL if b & 1 else b >> 1
 
 
-def _x_to_the_2_to_the(count: int) -> list[int]:
+def _x_to_the_2_to_the(count: int) -> List[int]:
     """x^(2^k) modulo the polynomial, for k in range(count)."""
     powers = [1 << 30]  # x^1
     while len(powers) < count:
@@ -856,7 +988,7 @@ def _gzip_header(level: int) -> bytes:
     return b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([extra_flags, 255])
 
 
-def _deflate_chunk(chunk: bytes, window: bytes, level: int) -> tuple[bytes, int, int]:
+def _deflate_chunk(chunk: bytes, window: bytes, level: int) -> Tuple[bytes, int, int]:
     """Deflate one chunk, primed with the window before it; end byte-aligned (sync flush)."""
     if window:
         deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=window)
@@ -866,19 +998,19 @@ def _deflate_chunk(chunk: bytes, window: bytes, level: int) -> tuple[bytes, int,
     return piece, zlib.crc32(chunk), len(chunk)
 
 
-class GzipWriter(contextlib.AbstractContextManager["GzipWriter"]):
+class GzipWriter(_ContextManager):
     """Compresses everything written to it into one gzip member on out, on threads.
 
     Use it as a context manager: a clean exit writes the end of the stream, an
     exception cancels the queued chunks; either way no worker thread outlives it.
     """
 
-    def __init__(self, out: _Writable, level: int, threads: int) -> None:
+    def __init__(self, out: "_Writable", level: int, threads: int) -> None:
         self._out = out
         self._level = level
         self._max_in_flight = 2 * threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate")
-        self._in_flight: deque[Future[tuple[bytes, int, int]]] = deque()
+        self._in_flight: Deque[Future[Tuple[bytes, int, int]]] = deque()
         self._pending = bytearray()
         self._window = b""
         self._crc = 0
@@ -913,12 +1045,14 @@ class GzipWriter(contextlib.AbstractContextManager["GzipWriter"]):
             self._write_oldest()
         self._out.write(b"\x03\x00" + struct.pack("<II", self._crc, self.size & 0xFFFFFFFF))
 
-    def __exit__(self, exc_type: object, *exc_details: object) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         try:
-            if exc_type is None:
+            if exc_info[0] is None:
                 self.close()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            for future in self._in_flight:  # shutdown(cancel_futures=) is Python 3.9+
+                future.cancel()
+            self._pool.shutdown(wait=True)
 
 
 def available_cpus() -> int:
@@ -950,17 +1084,6 @@ def _cgroup_cpu_quota() -> Optional[float]:
 # Writing the tar stream
 
 
-def _tar_header(member: Member) -> bytes:
-    info = tarfile.TarInfo(member.name)
-    info.type = tarfile.DIRTYPE if member.is_dir else tarfile.REGTYPE
-    info.size = member.size
-    info.mode = member.mode
-    info.mtime = member.mtime
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
-
-
 def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
     """Stream one file into sink; return its SHA-256, refusing a file that changed size."""
     digest = hashlib.sha256()
@@ -979,22 +1102,24 @@ def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
             f"{member.path} changed size while being packaged ({member.size} -> {copied} "
             "bytes); make sure nothing writes to the inputs during the job"
         )
-    sink.write(tarfile.NUL * (-copied % tarfile.BLOCKSIZE))
+    sink.write(_padding(copied))
     return digest.hexdigest()
 
 
-def write_tar(members: list[Member], sink: GzipWriter) -> list[Record]:
+def write_tar(members: List[Member], sink: GzipWriter) -> List[Record]:
     """Write members as a PAX tar stream into sink; return what was written, with hashes."""
     total = sum(member.size for member in members)
     progress = _Progress("compress", total)
     records = []
     for member in members:
-        sink.write(_tar_header(member))
+        sink.write(
+            member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
+        )
         digest = "" if member.is_dir else _copy_member(member, sink, progress)
-        kind = tarfile.DIRTYPE if member.is_dir else tarfile.REGTYPE
+        kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
         records.append(Record(member.name, kind, member.size, member.mode, member.mtime, digest))
-    sink.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
-    sink.write(tarfile.NUL * (-sink.size % tarfile.RECORDSIZE))
+    sink.write(bytes(2 * BLOCK_SIZE))  # the end-of-archive marker
+    sink.write(bytes(-sink.size % RECORD_SIZE))
     return records
 
 
@@ -1012,17 +1137,17 @@ def _sha256_of(stream: IO[bytes]) -> str:
 class _HashingReader:
     """Passes reads through, hashing the bytes: the package file's SHA-256 for the log."""
 
-    def __init__(self, raw: _Readable) -> None:
+    def __init__(self, raw: "_Readable") -> None:
         self._raw = raw
         self.sha256 = hashlib.sha256()
 
-    def read(self, size: int, /) -> bytes:
+    def read(self, size: int) -> bytes:
         data = self._raw.read(size)
         self.sha256.update(data)
         return data
 
 
-def _decode_package(raw: _Readable, progress: Optional[_Progress]) -> tuple[list[Record], str]:
+def _decode_package(raw: "_Readable", progress: Optional[_Progress]) -> Tuple[List[Record], str]:
     """Decode a package from raw; return its members (with SHA-256s) and the file's SHA-256."""
     hashed = _HashingReader(raw)
     reader = _GunzipReader(hashed, many=False, progress=progress)
@@ -1042,14 +1167,14 @@ def _decode_package(raw: _Readable, progress: Optional[_Progress]) -> tuple[list
     return records, hashed.sha256.hexdigest()
 
 
-def read_package(path: Path) -> tuple[list[Record], str]:
+def read_package(path: Path) -> Tuple[List[Record], str]:
     """Decode the package at path; return its members (with SHA-256s) and the file's SHA-256."""
     with open(path, "rb", buffering=0) as raw:
         return _decode_package(raw, None)
 
 
 def _check_decoded(
-    path: Path, expected: list[Record], decode: Callable[[], tuple[list[Record], str]]
+    path: Path, expected: List[Record], decode: Callable[[], Tuple[List[Record], str]]
 ) -> str:
     """Run decode and compare what it read with what was meant to be written; return the SHA-256."""
     try:
@@ -1074,31 +1199,31 @@ def _check_decoded(
     return file_sha256
 
 
-def verify_package(path: Path, expected: list[Record]) -> str:
+def verify_package(path: Path, expected: List[Record]) -> str:
     """Check the finished package at path against what was meant to be written; return its hash."""
     return _check_decoded(path, expected, lambda: read_package(path))
 
 
-class _ReadBack(contextlib.AbstractContextManager["_ReadBack"]):
+class _ReadBack(_ContextManager):
     """Reads the package back from disk while it is being written, and decodes it.
 
     Everything the compressor produces goes through write(): to the file, then
     a thread reading the file through a descriptor of its own is told how far
     it may read. It never reads past what the file already holds, so each byte
-    it checks came back from the file, not from memory. It reads the end only
-    after finish(), which comes after the fsync. Overlapping the read-back with
+    it checks came back from the file, not from memory. finish() fsyncs the
+    file before the reader may read its end. Overlapping the read-back with
     compression hides most of its cost.
     """
 
-    def __init__(self, path: Path, out: IO[bytes], progress: _Progress) -> None:
-        self._out = out
+    def __init__(self, path: Path, progress: _Progress) -> None:
+        self._out = open(path, "wb")  # noqa: SIM115 - closed by __exit__
         self._source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
         self._ready = threading.Condition()
         self._written = 0
         self._position = 0
         self._finished = False
         self._cancelled = False
-        self._result: Optional[tuple[list[Record], str]] = None
+        self._result: Optional[Tuple[List[Record], str]] = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._decode, args=(progress,), name="read-back")
         self._thread.start()
@@ -1110,8 +1235,10 @@ class _ReadBack(contextlib.AbstractContextManager["_ReadBack"]):
             self._written += len(data)
             self._ready.notify()
 
-    def finish(self) -> tuple[list[Record], str]:
-        """Let the reader read to the end of the file; return what it decoded."""
+    def finish(self) -> Tuple[List[Record], str]:
+        """Fsync the file, let the reader read to its end; return what it decoded."""
+        self._out.flush()
+        os.fsync(self._out.fileno())
         with self._ready:
             self._finished = True
             self._ready.notify()
@@ -1121,7 +1248,7 @@ class _ReadBack(contextlib.AbstractContextManager["_ReadBack"]):
         assert self._result is not None
         return self._result
 
-    def read(self, size: int, /) -> bytes:
+    def read(self, size: int) -> bytes:
         with self._ready:
             while self._position >= self._written and not self._finished and not self._cancelled:
                 self._ready.wait()
@@ -1148,6 +1275,7 @@ class _ReadBack(contextlib.AbstractContextManager["_ReadBack"]):
             self._ready.notify()
         self._thread.join()
         self._source.close()
+        self._out.close()
 
 
 class _Cancelled(Exception):
@@ -1182,7 +1310,8 @@ def _temporary_file(directory: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -1193,7 +1322,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _default_work_dir(output_dir: Path, inputs: tuple[Path, ...]) -> Path:
+def _default_work_dir(output_dir: Path, inputs: Tuple[Path, ...]) -> Path:
     """The output's parent (normally the large ML volume), else the system temp dir."""
     parent = output_dir.parent
     if os.access(parent, os.W_OK | os.X_OK) and not _inside_any(parent, inputs):
@@ -1201,7 +1330,7 @@ def _default_work_dir(output_dir: Path, inputs: tuple[Path, ...]) -> Path:
     return Path(tempfile.gettempdir())
 
 
-def _inside_any(path: Path, inputs: tuple[Path, ...]) -> Optional[Path]:
+def _inside_any(path: Path, inputs: Tuple[Path, ...]) -> Optional[Path]:
     """The input that path lies in (or is), if any."""
     real = path.resolve()
     return next(
@@ -1265,7 +1394,7 @@ def _stage_inputs(model_dir: Path, script_dir: Path, staging: Path) -> Path:
     return tree
 
 
-def _check_and_log_inputs(members: list[Member]) -> None:
+def _check_and_log_inputs(members: List[Member]) -> None:
     code = [m for m in members if not m.is_dir and m.name.startswith(CODE_DIR + "/")]
     model = [m for m in members if not m.is_dir and not m.name.startswith(CODE_DIR + "/")]
     if not model:
@@ -1279,24 +1408,19 @@ def _check_and_log_inputs(members: list[Member]) -> None:
 
 
 def _write_and_verify(
-    members: list[Member], output_dir: Path, level: int, threads: int
-) -> tuple[Path, str, int]:
+    members: List[Member], output_dir: Path, level: int, threads: int
+) -> Tuple[Path, str, int]:
     """Write the package next to its final name, verify it, then rename it into place."""
     final = output_dir / PACKAGE_NAME
     total = sum(member.size for member in members)
     log.info("compress: level %d, %d threads, verified while written", level, threads)
     with _temporary_file(output_dir) as temporary:
-        with (
-            _os_errors("writing the package", temporary),
-            open(temporary, "wb") as out,
-            _ReadBack(temporary, out, _Progress("verify", total)) as read_back,
-        ):
-            with _phase("compress"), GzipWriter(read_back, level, threads) as sink:
+        progress = _Progress("verify", total)
+        with _os_errors("writing the package", temporary), _ReadBack(temporary, progress) as back:
+            with _phase("compress"), GzipWriter(back, level, threads) as sink:
                 expected = write_tar(members, sink)
             with _phase("verify"):
-                out.flush()
-                os.fsync(out.fileno())
-                digest = _check_decoded(temporary, expected, read_back.finish)
+                digest = _check_decoded(temporary, expected, back.finish)
         with _os_errors("publishing the package", final):
             os.chmod(temporary, 0o644)
             os.replace(temporary, final)
@@ -1508,7 +1632,7 @@ def _raise_stopped(signum: int, frame: Optional[FrameType]) -> None:
     raise _Stopped(signum)
 
 
-def cli(argv: Optional[list[str]] = None) -> int:
+def cli(argv: Optional[List[str]] = None) -> int:
     """Run the job from the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     if args.print_contract:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -199,17 +200,51 @@ def assert_refused(result: Any, job: Job, *needles: str) -> None:
     assert job.leftovers() == []
 
 
-def unshare_works() -> bool:
-    """True where this process may make a private mount namespace and mount a tmpfs in it."""
+SUPPORTED_PYTHONS = ("3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
+
+
+def _version_of(python: str) -> str | None:
+    """The X.Y of an interpreter that really runs (a pyenv shim without one does not)."""
+    try:
+        probe = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except OSError:
+        return None
+    return probe.stdout.strip() if probe.returncode == 0 else None
+
+
+def find_pythons() -> dict[str, str]:
+    """{"3.7": path, ...}: MIMS_PYTHONS (comma-separated) first, then pyenv, then python3.X."""
+    candidates = [p for p in os.environ.get("MIMS_PYTHONS", "").split(",") if p.strip()]
+    candidates += sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.*/bin/python3"))
+    candidates += [f"python3.{minor}" for minor in range(6, 16)]
+    found: dict[str, str] = {}
+    for candidate in candidates:
+        path = shutil.which(candidate.strip())
+        version = _version_of(path) if path else None
+        if version is not None and version not in found:
+            found[version] = path  # type: ignore[assignment]
+    return found
+
+
+def unshare_problem() -> str | None:
+    """Why this process cannot make a private mount namespace with a tmpfs in it, or None."""
+    if shutil.which("unshare") is None:
+        return "unshare is not on PATH (util-linux)"
     probe = subprocess.run(
         ["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True
     )
-    return probe.returncode == 0
+    if probe.returncode != 0:
+        return "unshare --mount with tmpfs is not permitted here (needs root)"
+    return None
 
 
-needs_unshare = pytest.mark.skipif(
-    not unshare_works(), reason="unshare --mount with tmpfs is not permitted here (needs root)"
-)
+UNSHARE_PROBLEM = unshare_problem()
+needs_unshare = pytest.mark.skipif(UNSHARE_PROBLEM is not None, reason=str(UNSHARE_PROBLEM))
 
 
 def in_namespace(script: str, *args: Any, timeout: float = 120) -> Any:

@@ -6,14 +6,10 @@ import inspect
 import os
 import struct
 import sys
-import tarfile
 import zlib
-from pathlib import Path
 
 import pytest
 from conftest import Job, archive_tree, assert_refused, files_of, read_package, write_tree
-
-import mims_package
 
 LONG_DIR = "/".join(["a-fairly-long-directory-name-" + str(i) for i in range(8)])
 NAMES = {
@@ -142,15 +138,6 @@ def test_package_mode_is_world_readable(job: Job) -> None:
     write_tree(job.model, {"m.bin": b"m"})
     job.main()
     assert job.package.stat().st_mode & 0o777 == 0o644
-
-
-def test_headers_for_files_over_8_gib_use_a_pax_size_record() -> None:
-    size = 9 << 30
-    member = mims_package.Member("huge.bin", Path("huge.bin"), False, size, 0o644, 1_700_000_000)
-    header = mims_package._tar_header(member)
-    assert f"size={size}\n".encode() in header
-    info = tarfile.TarInfo.frombuf(header[-512:], "utf-8", "strict")
-    assert info.name == "huge.bin" and info.type == b"0"
 
 
 @pytest.mark.parametrize("as_archive", [False, True], ids=["loose", "archive"])

@@ -1,0 +1,272 @@
+"""The script on every Python that SageMaker processing images ship: 3.7 to 3.13 (3.14 if here).
+
+Each interpreter runs the script as a subprocess, as a processing job would, and the
+packages it writes must be byte-identical across all of them. Interpreters come from
+MIMS_PYTHONS, pyenv and python3.X on PATH. A missing one is a skip that names it,
+unless MIMS_REQUIRE_PYTHONS lists it (as CI does): then it is a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    EXAMPLE,
+    SCRIPT,
+    SUPPORTED_PYTHONS,
+    archive_tree,
+    find_pythons,
+    make_archive,
+    read_package,
+    tar_member,
+    walk,
+    write_tree,
+)
+
+PYTHONS = find_pythons()
+REQUIRED = {v.strip() for v in os.environ.get("MIMS_REQUIRE_PYTHONS", "").split(",") if v.strip()}
+EPOCH = "1700000000"
+
+# Names and shapes whose tar headers tarfile has written differently across versions.
+TRICKY = {
+    "modèle/données_été.bin": b"\x00\x01" * 500,
+    "日本語/重み.npy": b"weights",
+    "n" * 120 + ".bin": b"a name over 100 bytes",
+    "/".join(["deep" * 20] * 4) + "/leaf.bin": b"a path over 255 bytes",
+    "empty.bin": b"",
+    "empty_dir": None,
+    "bin/run.sh": b"#!/bin/sh\n",
+}
+
+
+def python_for(version: str) -> str:
+    """The interpreter for version, or a skip (a failure where it is required) naming it."""
+    if version in PYTHONS:
+        return PYTHONS[version]
+    message = f"Python {version} not found (pyenv, python{version} on PATH, MIMS_PYTHONS)"
+    if version in REQUIRED:
+        pytest.fail(f"{message}, but MIMS_REQUIRE_PYTHONS requires it")
+    pytest.skip(message)
+
+
+def run(python: str, *args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "WORKING_DIRECTORY"}
+    env["SOURCE_DATE_EPOCH"] = EPOCH
+    return subprocess.run(
+        [python, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def run_job(python: str, model: Path, script: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return run(python, "--model-dir", model, "--script-dir", script, "--output-dir", out)
+
+
+def package_with(python: str, model: Path, script: Path, out: Path) -> bytes:
+    result = run_job(python, model, script, out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return (out / "model.tar.gz").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """The three inputs every interpreter packages: {case: (model dir, script dir)}."""
+    root = tmp_path_factory.mktemp("inputs")
+    script = write_tree(root / "script", {"inference.py": "def model_fn(d):\n    return d\n"})
+    tricky_tree = write_tree(root / "tricky-tree", TRICKY)
+    os.chmod(tricky_tree / "bin" / "run.sh", 0o755)
+    archive_tree(tricky_tree, root / "tricky" / "model.tar.gz")
+    loose = write_tree(root / "loose", {"weights/part0.bin": b"w" * 4096, "config.json": "{}"})
+    (loose / "current").symlink_to("weights")
+    (loose / "config-link.json").symlink_to("config.json")
+    return {
+        "example": (EXAMPLE / "model", EXAMPLE / "script"),
+        "tricky-archive": (root / "tricky", script),
+        "loose-symlinks": (loose, script),
+    }
+
+
+@pytest.fixture(scope="module")
+def packages(
+    inputs: dict[str, tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, dict[str, bytes]]:
+    """{case: {version: package bytes}} for every interpreter found, built once."""
+    built: dict[str, dict[str, bytes]] = {case: {} for case in inputs}
+    for version, python in sorted(PYTHONS.items()):
+        if version not in SUPPORTED_PYTHONS:
+            continue
+        for case, (model, script) in inputs.items():
+            out = tmp_path_factory.mktemp(f"out-{version}-{case}")
+            built[case][version] = package_with(python, model, script, out)
+    return built
+
+
+@pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
+def test_packages_each_input(version: str, packages: dict[str, dict[str, bytes]]) -> None:
+    python_for(version)
+    tricky = read_members(packages["tricky-archive"][version])
+    for name, content in TRICKY.items():
+        if content is None:
+            assert tricky[name] == ("dir", 0o755)
+        else:
+            mode = 0o755 if name == "bin/run.sh" else 0o644
+            assert tricky[name] == ("file", mode, content), name
+    loose = read_members(packages["loose-symlinks"][version])
+    assert loose["current/part0.bin"] == loose["weights/part0.bin"] == ("file", 0o644, b"w" * 4096)
+    assert loose["config-link.json"] == ("file", 0o644, b"{}")
+    example = read_members(packages["example"][version])
+    assert "code/inference.py" in example
+    assert any(name.endswith(".bst") or name.endswith(".json") for name in example)
+
+
+def read_members(package: bytes) -> dict[str, tuple[object, ...]]:
+    """{name: ("dir", mode) or ("file", mode, bytes)} of a package, via a temporary file."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"read-{os.getpid()}-{time.time_ns()}.tar.gz"
+    path.write_bytes(package)
+    try:
+        entries = read_package(path)
+    finally:
+        path.unlink()
+    return {
+        name: (e.type, e.mode) if e.type == "dir" else (e.type, e.mode, e.data)
+        for name, e in entries.items()
+    }
+
+
+@pytest.mark.parametrize("case", ["example", "tricky-archive", "loose-symlinks"])
+def test_packages_are_byte_identical_on_every_interpreter(
+    case: str, packages: dict[str, dict[str, bytes]]
+) -> None:
+    for version in REQUIRED:
+        python_for(version)
+    built = packages[case]
+    if len(built) < 2:
+        pytest.skip(f"only {sorted(built)} found: nothing to compare")
+    digests = {version: hashlib.sha256(data).hexdigest() for version, data in built.items()}
+    assert len(set(digests.values())) == 1, digests
+
+
+# attack: (members, given the directory outside the job; what the script's own message says)
+HOSTILE = {
+    "dotdot": (lambda outside: [tar_member("../escaped.bin", b"x")], "climbs out through '..'"),
+    "absolute-symlink": (
+        lambda outside: [tar_member("abs", type=tarfile.SYMTYPE, linkname=str(outside / "t"))],
+        "an absolute or empty target",
+    ),
+    "write-through-symlink": (
+        lambda outside: [
+            tar_member("link", type=tarfile.SYMTYPE, linkname="sub"),
+            tar_member("sub/x", b"x"),
+            tar_member("link/evil.bin", b"through the link"),
+        ],
+        "goes through 'link', which is a symlink",
+    ),
+    "relative-symlink-escape": (
+        lambda outside: [tar_member("up", type=tarfile.SYMTYPE, linkname="../../outside")],
+        "points outside the archive",
+    ),
+}
+
+
+@pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
+@pytest.mark.parametrize("attack", sorted(HOSTILE))
+def test_hostile_archives_are_refused_by_the_scripts_own_checks(
+    version: str, attack: str, tmp_path: Path
+) -> None:
+    """On 3.7 there is no tarfile.data_filter: only the script's checks stand here."""
+    python = python_for(version)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    model = tmp_path / "job" / "model"
+    make_members, message = HOSTILE[attack]
+    members = [tar_member("model.bin", b"m"), *make_members(outside)]
+    make_archive(model / "model.tar.gz", members)
+    before = set(walk(tmp_path))
+    out = tmp_path / "job" / "out"
+    result = run_job(python, model, tmp_path / "none", out)
+    error = assert_one_error(result)
+    assert message in error and "is unsafe:" not in error  # ours, not tarfile's data_filter
+    assert list(outside.iterdir()) == []
+    assert set(walk(tmp_path)) - before <= {out}  # the output dir, empty, and nothing else
+    assert not (out / "model.tar.gz").exists()
+
+
+def assert_one_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = [line for line in result.stdout.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
+def test_corrupt_gzip_is_one_error(version: str, tmp_path: Path) -> None:
+    python = python_for(version)
+    model = tmp_path / "model"
+    archive = make_archive(model / "model.tar.gz", [tar_member("model.bin", os.urandom(50_000))])
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = run_job(python, model, tmp_path / "none", out)
+    assert "corrupt" in assert_one_error(result)
+    assert not (out / "model.tar.gz").exists()
+
+
+@pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
+def test_print_contract(version: str) -> None:
+    result = run(python_for(version), "--print-contract")
+    assert result.returncode == 0, result.stderr
+    contract = json.loads(result.stdout)
+    assert contract["framework_requirements"]["python"] == ">=3.7"
+
+
+@pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
+def test_sigterm_during_compression_leaves_nothing(version: str, tmp_path: Path) -> None:
+    python = python_for(version)
+    model = write_tree(tmp_path / "model", {"weights.bin": os.urandom(32 << 20)})
+    out, work = tmp_path / "out", tmp_path / "work"
+    work.mkdir()
+    args = ["--model-dir", model, "--script-dir", tmp_path / "none", "--output-dir", out]
+    process = subprocess.Popen(
+        [python, str(SCRIPT), *map(str, args), "--work-dir", work, "--compression-level", "9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if "compress: level" in line:
+            time.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            break
+    log.extend(process.stdout)
+    assert process.wait(timeout=60) == 143, "".join(log)
+    assert "Traceback" not in "".join(log)
+    assert list(work.iterdir()) == []
+    assert list(out.iterdir()) == []
+
+
+def test_older_pythons_get_a_message_not_a_traceback() -> None:
+    """3.6 cannot run the script; it must say so in one line and exit 1."""
+    if "3.6" not in PYTHONS:
+        pytest.skip("Python 3.6 not found (pyenv, python3.6 on PATH, MIMS_PYTHONS)")
+    result = run(PYTHONS["3.6"], "--print-contract")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == "ERROR mims_package.py needs Python 3.7 or later, this is 3.6\n"
