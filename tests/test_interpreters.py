@@ -270,3 +270,30 @@ def test_older_pythons_get_a_message_not_a_traceback() -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == "ERROR mims_package.py needs Python 3.7 or later, this is 3.6\n"
+
+
+HEADER_CASES = [
+    ("huge.bin", False, 9 << 30, 0o644, 1_700_000_000),  # over 8 GiB: a PAX size record
+    ("日本" * 60, False, 8**11, 0o755, 7),
+    ("z" * 100, True, 0, 0o755, 3),
+]
+HASH_HEADERS = f"""
+import hashlib, sys
+sys.path.insert(0, {str(SCRIPT.parent)!r})
+import mims_package
+cases = {HEADER_CASES!r}
+print(hashlib.sha256(b"".join(mims_package.member_header(*c) for c in cases)).hexdigest())
+"""
+
+
+def test_large_file_headers_are_byte_identical_on_every_interpreter() -> None:
+    """Files over 8 GiB are too big to package here; their headers alone are compared."""
+    for version in REQUIRED:
+        python_for(version)
+    digests = {}
+    for version, python in PYTHONS.items():
+        if version in SUPPORTED_PYTHONS:
+            result = subprocess.run([python, "-c", HASH_HEADERS], capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            digests[version] = result.stdout.strip()
+    assert len(digests) >= 1 and len(set(digests.values())) == 1, digests
