@@ -101,8 +101,11 @@ from typing import (
 # ---------------------------------------------------------------------------
 # Contract and constants
 
+__version__ = "1.1.0"
+
 DEFAULT_MODEL_PATH = "/opt/ml/processing/input/model"
 DEFAULT_SCRIPT_PATH = "/opt/ml/processing/input/script"
+DEFAULT_CALIBRATION_PATH = "/opt/ml/processing/input/calibration"
 DEFAULT_OUTPUT_PATH = "/opt/ml/processing/output"
 JOB_CONFIG_PATH = "/opt/ml/config/processingjobconfig.json"
 FAILURE_MESSAGE_PATH = "/opt/ml/output/message"
@@ -113,6 +116,8 @@ CGROUP_V1_CPU_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
 PACKAGE_NAME = "model.tar.gz"
 MODEL_ARCHIVE_NAME = "model.tar.gz"
 CODE_DIR = "code"
+CALIBRATION_DIR = "calibration"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 DEFAULT_COMPRESSION_LEVEL = 6
 IO_BLOCK_SIZE = 1 << 20
 MAX_SYMLINK_HOPS = 40
@@ -121,27 +126,40 @@ EXPANSION_ALLOWANCE = 10_000
 MAX_NAME_BYTES = 255
 MAX_MESSAGE_BYTES = 1024
 PROGRESS_INTERVAL = 5.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 OPTIONAL_ENV_VARS = {
     "SOURCE_DATE_EPOCH": "Unix time; member mtimes later than it are clamped to it, "
     "so that packages built at different times are byte-identical.",
-    "WORKING_DIRECTORY": "Directory in which the staging directory is created "
-    "(default: the output directory's parent, else the system temp dir); "
+    "WORKING_DIRECTORY": "Directory in which the staging directory is created, made if "
+    "missing (default: the output directory's parent, else the system temp dir); "
     "--work-dir overrides it.",
 }
+
+# main()'s keys: each logical path, and the names its callers use for it (cursus among them).
+INPUT_KEYS = {
+    "model_input": ("model_input",),
+    "script_input": ("script_input", "inference_scripts_input"),
+    "calibration_model": ("calibration_model",),
+}
+OUTPUT_KEYS = {"package_output": ("package_output", "output_dir", "packaged_model")}
 
 CONTRACT: Dict[str, Any] = {
     "entry_point": "mims_package.py",
     "expected_input_paths": {
         "model_input": DEFAULT_MODEL_PATH,
         "script_input": DEFAULT_SCRIPT_PATH,
+        "calibration_model": DEFAULT_CALIBRATION_PATH,
     },
+    "optional_input_paths": ["calibration_model"],
     "expected_output_paths": {"package_output": DEFAULT_OUTPUT_PATH},
+    "path_key_aliases": {name: list(keys) for name, keys in {**INPUT_KEYS, **OUTPUT_KEYS}.items()},
     "required_env_vars": [],
     "optional_env_vars": OPTIONAL_ENV_VARS,
     "framework_requirements": {"python": ">=3.7", "dependencies": "standard library only"},
-    "description": "Packages model artifacts (at the archive root) and inference code "
-    "(under code/) into one deterministic, verified model.tar.gz for SageMaker hosting.",
+    "description": "Packages model artifacts (at the archive root), inference code (under "
+    "code/) and calibration artifacts (under calibration/) into one deterministic, verified "
+    "model.tar.gz for SageMaker hosting.",
 }
 
 log = logging.getLogger("mims_package")
@@ -225,13 +243,20 @@ def _os_errors(doing: str, where: Path) -> Iterator[None]:
         raise _explain(exc, doing, where) from exc
 
 
+class _Phase:
+    """One phase of the job; the block sets `amount`, what the phase's line says it did."""
+
+    def __init__(self) -> None:
+        self.amount = ""
+
+
 @contextlib.contextmanager
-def _phase(name: str) -> Iterator[None]:
-    """Log the start and duration of one phase of the job."""
+def _phase(name: str) -> Iterator[_Phase]:
+    """Log one line when the phase is done: what it did and how long it took."""
     start = time.monotonic()
-    log.info("%s: started", name)
-    yield
-    log.info("%s: done in %.2f s", name, time.monotonic() - start)
+    phase = _Phase()
+    yield phase
+    log.info("%s: %s in %.2f s", name, phase.amount, time.monotonic() - start)
 
 
 class _Progress:
@@ -361,25 +386,93 @@ def _resolve_inside(link: Path, root: Path) -> Path:
     return root.joinpath(*resolved)
 
 
-def find_model_archive(model_dir: Path) -> Optional[Path]:
-    """Return model_dir/model.tar.gz if it is there (warning about its neighbours), else None."""
-    if not model_dir.is_dir():
-        what = "does not exist" if not model_dir.exists() else "is not a directory"
+def find_model_archive(model: Path) -> Optional[Path]:
+    """The model archive: model itself if it is a file, model/model.tar.gz if there, else None.
+
+    Anything beside model.tar.gz is ignored, with a warning naming it.
+    """
+    if model.is_file():
+        check_is_tar(model)
+        return model
+    if not model.is_dir():
+        what = "does not exist" if not os.path.lexists(model) else "is not a directory or a file"
         raise PackagingError(
-            f"model input {model_dir} {what}; pass --model-dir or map the model to "
+            f"model input {model} {what}; pass --model-dir or map the model to "
             f"{DEFAULT_MODEL_PATH} (a model.tar.gz or the model files)"
         )
-    root = model_dir.resolve()
+    root = model.resolve()
     candidate = root / MODEL_ARCHIVE_NAME
     if not os.path.lexists(candidate):
         return None
     archive = _resolve_inside(candidate, root) if candidate.is_symlink() else candidate
     if not archive.is_file():
         raise PackagingError(f"{candidate} is not a regular file; it must be the model archive")
-    for other in sorted(model_dir.iterdir()):
+    check_is_tar(archive)
+    for other in sorted(model.iterdir()):
         if other.name != MODEL_ARCHIVE_NAME:
             log.warning("ignoring %s: the model is %s", other, candidate)
     return archive
+
+
+def _optional_dir(path: Path, default: str, what: str, option: str) -> Optional[Path]:
+    """An input directory that may be left out: None where it is absent or holds no file.
+
+    A path other than the contract's default was chosen on purpose, so it must exist.
+    """
+    if not path.exists():
+        if os.path.abspath(path) != default:
+            raise PackagingError(
+                f"{what} {path} does not exist; fix {option}, or leave it out if there is none"
+            )
+        return None
+    if not path.is_dir():
+        raise PackagingError(f"{what} {path} is not a directory; pass a directory to {option}")
+    return path if _has_files(path) else None
+
+
+class Inputs:
+    """The checked inputs: the model (loose files or an archive), the code, the calibration."""
+
+    def __init__(self, model: Path, script: Path, calibration: Path) -> None:
+        self.model = model
+        self.given_script = script
+        self.given_calibration = calibration
+        self.archive = find_model_archive(model)
+        self.script = _optional_dir(script, DEFAULT_SCRIPT_PATH, "script input", "--script-dir")
+        self.calibration = _optional_dir(
+            calibration, DEFAULT_CALIBRATION_PATH, "calibration input", "--calibration-dir"
+        )
+        self._check_not_swapped()
+
+    def paths(self) -> Tuple[Path, ...]:
+        """Every input that is there: nothing may be written inside them."""
+        found = (self.model, self.script, self.calibration)
+        return tuple(path for path in found if path is not None)
+
+    def _check_not_swapped(self) -> None:
+        """Refuse the likely mix-ups: the model where the code goes, one dir for two inputs."""
+        swapped = (
+            "are --model-dir and --script-dir swapped? The model (model.tar.gz or its files) "
+            "goes in --model-dir, the inference code in --script-dir"
+        )
+        model = self.model.resolve()
+        others = {model}
+        if self.script is not None:
+            if os.path.lexists(self.script / MODEL_ARCHIVE_NAME):
+                raise PackagingError(
+                    f"the script input {self.script} holds {MODEL_ARCHIVE_NAME}: {swapped}"
+                )
+            if self.script.resolve() == model:
+                raise PackagingError(
+                    f"the model input and the script input are the same directory, "
+                    f"{self.model}: {swapped}"
+                )
+            others.add(self.script.resolve())
+        if self.calibration is not None and self.calibration.resolve() in others:
+            raise PackagingError(
+                f"the calibration input {self.calibration} is also the model or script input; "
+                "give --calibration-dir a directory of its own"
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -468,6 +561,8 @@ if TYPE_CHECKING:  # typing.Protocol is Python 3.8+; only the type checker needs
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+# What bad data raises: bz2 and gzip say OSError without an errno, or EOFError.
+DECODE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
 class _GunzipReader:
@@ -525,17 +620,102 @@ class _GunzipReader:
         raise zlib.error("data follows the gzip stream")
 
 
+COMPRESSIONS = ((GZIP_MAGIC, "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+OTHER_FORMATS = (
+    (b"PK\x03\x04", "a zip archive"),
+    (b"PK\x05\x06", "an empty zip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7z archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed (not supported)"),
+)
+REPACK = "make it with: tar -czf model.tar.gz -C <model dir> ."
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """True if block is a tar header whose checksum holds (unsigned or signed, as tar accepts)."""
+    if len(block) < BLOCK_SIZE:
+        return False
+    try:
+        stored = int(block[148:156].strip(b" \0") or b"-", 8)
+    except ValueError:
+        return False
+    counted = block[:148] + b" " * 8 + block[156:BLOCK_SIZE]
+    unsigned = sum(counted)
+    return stored in (unsigned, unsigned - 256 * sum(byte > 127 for byte in counted))
+
+
+def _compression(head: bytes) -> Optional[str]:
+    """The compression that an archive's first bytes show; None for plain tar (checked first)."""
+    if _is_tar_header(head):
+        return None
+    return next((name for magic, name in COMPRESSIONS if head.startswith(magic)), None)
+
+
 def _decompressed(raw: IO[bytes]) -> "_Readable":
     """The decoder that raw's first bytes call for; plain tar passes through."""
-    magic = raw.read(6)
+    compression = _compression(raw.read(BLOCK_SIZE))
     raw.seek(0)
-    if magic.startswith(GZIP_MAGIC):
+    if compression == "gzip":
         return _GunzipReader(raw, many=True)
-    if magic.startswith(b"BZh"):
+    if compression == "bzip2":
         return bz2.BZ2File(raw)
-    if magic.startswith(b"\xfd7zXZ\x00"):
+    if compression == "xz":
         return lzma.LZMAFile(raw)
     return raw
+
+
+def _read_up_to(stream: "_Readable", size: int) -> bytes:
+    """Read until size bytes or the end, however little each read returns."""
+    data = b""
+    while len(data) < size:
+        block = stream.read(size - len(data))
+        if not block:
+            break
+        data += block
+    return data
+
+
+def _first_decoded_block_if_whole(raw: IO[bytes]) -> bytes:
+    """The first decoded block; if it is no tar header, the whole stream is decoded first.
+
+    A corrupt stream can decode to garbage before its checksum fails: only
+    after the whole stream checks out is "this holds no tar" the right answer.
+    """
+    stream = _decompressed(raw)
+    first = _read_up_to(stream, BLOCK_SIZE)
+    if not _is_tar_header(first):
+        while stream.read(IO_BLOCK_SIZE):
+            pass
+    return first
+
+
+def check_is_tar(archive: Path) -> None:
+    """Refuse a model archive that is not tar, plain or compressed, saying what it is instead."""
+    with _os_errors("reading the model archive", archive), open(archive, "rb") as raw:
+        head = raw.read(BLOCK_SIZE)
+        raw.seek(0)
+        compression = _compression(head)
+        try:
+            first = _first_decoded_block_if_whole(raw) if compression else head
+        except DECODE_ERRORS as exc:
+            if not _is_bad_data(exc):
+                raise
+            raise _corrupt(archive, exc) from None
+    if not head:
+        raise PackagingError(
+            f"model archive {archive} is empty (0 bytes); check that the training job's "
+            "model.tar.gz was written and uploaded in full"
+        )
+    if _is_tar_header(first) or (len(first) == BLOCK_SIZE and not first.strip(b"\0")):
+        return
+    what = next((name for magic, name in OTHER_FORMATS if head.startswith(magic)), None)
+    if compression is not None:
+        what = f"{compression}-compressed, but what it holds is not a tar archive (one file?)"
+    elif what is None:
+        what = f"not a tar archive (it starts with {head[:8]!r})"
+    else:
+        what += ", not a tar archive"
+    raise PackagingError(f"model archive {archive} is {what}; SageMaker needs a tar.gz: {REPACK}")
 
 
 class _ReadAhead(_ContextManager):
@@ -617,6 +797,7 @@ class _Extractor:
         self.kinds: Dict[str, str] = {"": "dir"}
         self.symlinks: Dict[str, str] = {}
         self.dir_mtimes: Dict[str, int] = {}
+        self.size = 0
         self.data_filter = getattr(tarfile, "data_filter", None)
 
     def _walk(self, start: List[str], path: str, member: str, strict: bool = True) -> List[str]:
@@ -739,6 +920,7 @@ class _Extractor:
             shutil.copyfileobj(source, out, IO_BLOCK_SIZE)
             os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
         os.utime(path, (mtime, mtime))
+        self.size += member.size
 
     def finish(self) -> None:
         """Create the deferred symlinks, then give directories their archive mtimes."""
@@ -748,8 +930,8 @@ class _Extractor:
             os.utime(self.dest / name, (mtime, mtime))
 
 
-def extract_archive(archive: Path, dest: Path) -> None:
-    """Extract the untrusted model archive into the empty directory dest.
+def extract_archive(archive: Path, dest: Path) -> int:
+    """Extract the untrusted model archive into the empty directory dest; return its file bytes.
 
     The archive is read once, start to end: its integrity checks (gzip CRC-32
     and length, bzip2 and xz checks) run on the bytes after the tar end marker
@@ -771,13 +953,17 @@ def extract_archive(archive: Path, dest: Path) -> None:
                         progress.update(raw.tell())
                 while stream.read(IO_BLOCK_SIZE):
                     progress.update(raw.tell())
-        except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        except DECODE_ERRORS as exc:
+            if not _is_bad_data(exc):
+                raise
             raise _corrupt(archive, exc) from None
-        except OSError as exc:
-            if exc.errno is None:  # gzip and bz2 report bad data as OSError without errno
-                raise _corrupt(archive, exc) from None
-            raise
     extractor.finish()
+    return extractor.size
+
+
+def _is_bad_data(exc: BaseException) -> bool:
+    """True for a complaint about the archive's bytes; False for a real I/O error (with errno)."""
+    return not (isinstance(exc, OSError) and exc.errno is not None)
 
 
 def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
@@ -799,8 +985,8 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         shutil.copy2(source, dest)
 
 
-def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
-    """Rebuild root's tree at dest with only real files and directories.
+def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> int:
+    """Rebuild root's tree at dest with only real files and directories; return the file count.
 
     Symlinks inside root are replaced by what they point to; one that leaves
     root, dangles or loops fails the job, and so do links to directories that
@@ -816,6 +1002,7 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
     top = os.stat(root)
     stack.append((root, dest, ((top.st_dev, top.st_ino),)))
     directories: List[Tuple[Path, Path]] = []
+    files = 0
     while stack:
         source_dir, dest_dir, ancestors = stack.pop()
         directories.append((source_dir, dest_dir))
@@ -844,6 +1031,7 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
                 stack.append((real, dest_dir / name, (*ancestors, key)))
             elif stat.S_ISREG(info.st_mode):
                 _link_or_copy(real, dest_dir / name)
+                files += 1
             else:
                 raise PackagingError(
                     f"{path} is not a regular file, directory or symlink; remove it from the input"
@@ -851,6 +1039,7 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> None:
     for source_dir, dest_dir in directories:
         info = os.stat(source_dir)
         os.utime(dest_dir, ns=(info.st_atime_ns, info.st_mtime_ns))
+    return files
 
 
 def _count_files(directory: Path) -> int:
@@ -1322,14 +1511,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _default_work_dir(output_dir: Path, inputs: Tuple[Path, ...]) -> Path:
-    """The output's parent (normally the large ML volume), else the system temp dir."""
-    parent = output_dir.parent
-    if os.access(parent, os.W_OK | os.X_OK) and not _inside_any(parent, inputs):
-        return parent
-    return Path(tempfile.gettempdir())
-
-
 def _inside_any(path: Path, inputs: Tuple[Path, ...]) -> Optional[Path]:
     """The input that path lies in (or is), if any."""
     real = path.resolve()
@@ -1339,11 +1520,33 @@ def _inside_any(path: Path, inputs: Tuple[Path, ...]) -> Optional[Path]:
     )
 
 
-def _prepare_output_dir(output_dir: Path) -> None:
+def _check_outside_inputs(what: str, path: Path, inputs: Tuple[Path, ...]) -> None:
+    source = _inside_any(path, inputs)
+    if source is not None:
+        raise PackagingError(
+            f"the {what} directory {path} is inside the input {source}; inputs are never "
+            "written to: choose a directory outside them"
+        )
+
+
+def _missing_dirs(path: Path) -> List[Path]:
+    """path and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    return missing
+
+
+@contextlib.contextmanager
+def _output_dir(output_dir: Path) -> Iterator[None]:
+    """Create output_dir (and its parents) if missing; if the block fails, remove what was made."""
     if output_dir.exists() and not output_dir.is_dir():
         raise PackagingError(
             f"output path {output_dir} exists and is not a directory; remove it or choose another"
         )
+    created = _missing_dirs(output_dir)
     with _os_errors("creating the output directory", output_dir):
         output_dir.mkdir(parents=True, exist_ok=True)
     others = sorted(p.name for p in output_dir.iterdir() if p.name != PACKAGE_NAME)
@@ -1351,37 +1554,73 @@ def _prepare_output_dir(output_dir: Path) -> None:
         log.warning(
             "output directory %s also holds %s; they are left alone", output_dir, ", ".join(others)
         )
+    try:
+        yield
+    except BaseException:
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
 
 
-def _stage_inputs(model_dir: Path, script_dir: Path, staging: Path) -> Path:
-    """Assemble the package tree in staging; return its root."""
-    archive = find_model_archive(model_dir)
-    has_code = script_dir.is_dir() and _has_files(script_dir)
-    if not has_code:
-        log.warning(
-            "no inference code in %s: the package has no code/ unless the model brings one",
-            script_dir,
+def _work_dir(explicit: Optional[Path], output_dir: Path, inputs: Tuple[Path, ...]) -> Path:
+    """Where the staging dir goes: never inside the output (SageMaker uploads it) or an input.
+
+    An explicit work dir is created if missing; by default it is the output's
+    parent (normally the large ML volume), else the system temp dir.
+    """
+    output = output_dir.resolve()
+    if explicit is None:
+        parent = output.parent
+        if os.access(parent, os.W_OK | os.X_OK) and not _inside_any(parent, inputs):
+            return parent
+        return Path(tempfile.gettempdir())
+    if _is_inside(explicit.resolve(), output):
+        raise PackagingError(
+            f"the work directory {explicit} is inside the output directory {output_dir}, which "
+            "SageMaker uploads: choose a work directory outside it"
         )
+    if os.path.lexists(explicit) and not explicit.is_dir():
+        raise PackagingError(
+            f"the work directory {explicit} exists and is not a directory; remove it or choose "
+            "another"
+        )
+    with _os_errors("creating the work directory", explicit):
+        explicit.mkdir(parents=True, exist_ok=True)
+    return explicit
+
+
+def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
+    """Warn that the model's own code/ or calibration/ gives way to the input for it."""
+    replaced = model_root / name
+    if os.path.lexists(replaced):
+        dropped = 1 if not replaced.is_dir() or replaced.is_symlink() else _count_files(replaced)
+        log.warning(
+            "the model's own %s/ (%d files) is dropped and replaced by %s", name, dropped, source
+        )
+
+
+def _stage_inputs(inputs: Inputs, staging: Path) -> Path:
+    """Assemble the package tree in staging; return its root."""
     tree = staging / "package"
+    archive = inputs.archive
     if archive is not None:
         log.info("model archive: %s (%s)", archive, _human(archive.stat().st_size))
         extracted = staging / "extracted"
         extracted.mkdir()
-        with _phase("extract"), _os_errors("extracting the model archive", extracted):
-            extract_archive(archive, extracted)
+        with _phase("extract") as phase, _os_errors("extracting the model archive", extracted):
+            phase.amount = _human(extract_archive(archive, extracted))
         model_root = extracted
     else:
-        log.info("model: loose files in %s", model_dir)
-        model_root = model_dir
-    replaced = model_root / CODE_DIR
-    if has_code and os.path.lexists(replaced):
-        dropped = 1 if not replaced.is_dir() or replaced.is_symlink() else _count_files(replaced)
-        log.warning(
-            "the model's own code/ (%d files) is dropped and replaced by %s", dropped, script_dir
-        )
-    with _phase("stage"), _os_errors("staging the inputs", staging):
+        log.info("model: loose files in %s", inputs.model)
+        model_root = inputs.model
+    sources = {CODE_DIR: inputs.script, CALIBRATION_DIR: inputs.calibration}
+    added = {name: source for name, source in sources.items() if source is not None}
+    for name, source in added.items():
+        _warn_replaced(model_root, name, source)
+    with _phase("stage") as phase, _os_errors("staging the inputs", staging):
         try:
-            stage_tree(model_root, tree, skip={CODE_DIR} if has_code else ())
+            files = stage_tree(model_root, tree, skip=added)
         except PackagingError as exc:
             if archive is None:
                 raise
@@ -1389,20 +1628,47 @@ def _stage_inputs(model_dir: Path, script_dir: Path, staging: Path) -> Path:
             raise PackagingError(
                 str(exc).replace(str(model_root.resolve()), str(archive))
             ) from None
-        if has_code:
-            stage_tree(script_dir, tree / CODE_DIR)
+        for name, source in added.items():
+            files += stage_tree(source, tree / name)
+        phase.amount = f"{files} files"
     return tree
 
 
-def _check_and_log_inputs(members: List[Member]) -> None:
-    code = [m for m in members if not m.is_dir and m.name.startswith(CODE_DIR + "/")]
-    model = [m for m in members if not m.is_dir and not m.name.startswith(CODE_DIR + "/")]
+def _log_inputs(inputs: Inputs) -> None:
+    """Say which optional inputs are absent, and what they mean for the package."""
+    if inputs.script is None:
+        log.warning(
+            "no inference code in %s: the package has no code/ unless the model brings one",
+            os.path.abspath(inputs.given_script),
+        )
+    if inputs.calibration is None:
+        log.info(
+            "no calibration in %s: the package has no calibration/ unless the model brings one",
+            os.path.abspath(inputs.given_calibration),
+        )
+
+
+def _check_and_log_members(members: List[Member], loose_model: bool) -> None:
+    """Refuse a package without a model; count what goes in; flag archives packaged as files."""
+    extras = (CODE_DIR + "/", CALIBRATION_DIR + "/")
+    files = [m for m in members if not m.is_dir]
+    model = [m for m in files if not m.name.startswith(extras)]
     if not model:
         raise PackagingError(
             "the model input holds no model files; a package without a model cannot be deployed"
         )
-    log.info("model files: %d, %s", len(model), _human(sum(m.size for m in model)))
-    log.info("code files: %d, %s", len(code), _human(sum(m.size for m in code)))
+    for prefix, what in ((None, "model"), (CODE_DIR, "code"), (CALIBRATION_DIR, "calibration")):
+        group = model if prefix is None else [m for m in files if m.name.startswith(prefix + "/")]
+        log.info("%s files: %d, %s", what, len(group), _human(sum(m.size for m in group)))
+    if loose_model:
+        for member in model:
+            if member.name.endswith(ARCHIVE_SUFFIXES):
+                log.warning(
+                    "the model input holds %s, which looks like an archive: it is packaged as "
+                    "a file, not extracted (only model.tar.gz at the top of the model input is, "
+                    "or the file that --model-dir names)",
+                    member.name,
+                )
     for member in members:
         log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
 
@@ -1417,10 +1683,12 @@ def _write_and_verify(
     with _temporary_file(output_dir) as temporary:
         progress = _Progress("verify", total)
         with _os_errors("writing the package", temporary), _ReadBack(temporary, progress) as back:
-            with _phase("compress"), GzipWriter(back, level, threads) as sink:
+            with _phase("compress") as phase, GzipWriter(back, level, threads) as sink:
                 expected = write_tar(members, sink)
-            with _phase("verify"):
+                phase.amount = f"{_human(total)} in"
+            with _phase("verify") as phase:
                 digest = _check_decoded(temporary, expected, back.finish)
+                phase.amount = f"{_human(temporary.stat().st_size)} read back"
         with _os_errors("publishing the package", final):
             os.chmod(temporary, 0o644)
             os.replace(temporary, final)
@@ -1429,57 +1697,64 @@ def _write_and_verify(
 
 
 def package(
-    model_dir: Union[str, Path],
-    script_dir: Union[str, Path],
-    output_dir: Union[str, Path],
+    model_dir: Union[str, Path, None] = None,
+    script_dir: Union[str, Path, None] = None,
+    output_dir: Union[str, Path, None] = None,
     *,
+    calibration_dir: Union[str, Path, None] = None,
     work_dir: Union[str, Path, None] = None,
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
     threads: Optional[int] = None,
     source_date_epoch: Optional[int] = None,
 ) -> Path:
-    """Build output_dir/model.tar.gz from the model and the inference code; return its path.
+    """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
-    Raises PackagingError, with a message that says what to do, on any failure;
-    nothing partial is left behind.
+    A path left out (None) is the contract's default. The default script and
+    calibration dirs may be missing; any other path given must exist. Raises
+    PackagingError, with a message that says what to do, on any failure;
+    nothing partial is left behind, and nothing is created before the inputs
+    pass their checks.
     """
     started = time.monotonic()
-    model_dir, script_dir, output_dir = Path(model_dir), Path(script_dir), Path(output_dir)
+    log.info("mims_package %s on Python %s", __version__, sys.version.split()[0])
+    output = Path(output_dir if output_dir is not None else DEFAULT_OUTPUT_PATH)
+    model = Path(model_dir if model_dir is not None else DEFAULT_MODEL_PATH)
+    script = Path(script_dir if script_dir is not None else DEFAULT_SCRIPT_PATH)
+    calibration = Path(calibration_dir if calibration_dir is not None else DEFAULT_CALIBRATION_PATH)
+    log.info(
+        "paths: model_input %s, script_input %s, calibration_model %s, package_output %s",
+        *(os.path.abspath(path) for path in (model, script, calibration, output)),
+    )
     if not 0 <= compression_level <= 9:
         raise PackagingError(f"compression level must be 0-9, not {compression_level}")
     threads = threads or available_cpus()
     if threads < 1:
         raise PackagingError(f"threads must be at least 1, not {threads}")
-    inputs = (model_dir, script_dir)
+    inputs = Inputs(model, script, calibration)
+    _log_inputs(inputs)
     explicit_work = Path(work_dir) if work_dir is not None else None
-    for what, path in (("output", output_dir), ("work", explicit_work)):
-        source = _inside_any(path, inputs) if path is not None else None
-        if source is not None:
-            raise PackagingError(
-                f"the {what} directory {path} is inside the input {source}; inputs are never "
-                "written to: choose a directory outside them"
-            )
-    _prepare_output_dir(output_dir)
-    work = explicit_work or _default_work_dir(output_dir, inputs)
-    if not work.is_dir():
-        raise PackagingError(f"work directory {work} does not exist; create it or choose another")
-    log.info(
-        "free space: staging %s (%s), output %s (%s)",
-        work,
-        _free_space(work),
-        output_dir,
-        _free_space(output_dir),
-    )
-    with _staging_dir(work) as staging:
-        tree = _stage_inputs(model_dir, script_dir, staging)
-        members = plan_members(tree, source_date_epoch)
-        _check_and_log_inputs(members)
-        final, digest, size = _write_and_verify(members, output_dir, compression_level, threads)
+    _check_outside_inputs("output", output, inputs.paths())
+    if explicit_work is not None:
+        _check_outside_inputs("work", explicit_work, inputs.paths())
+    with _output_dir(output):
+        work = _work_dir(explicit_work, output, inputs.paths())
+        log.info(
+            "free space: staging %s (%s), output %s (%s)",
+            work.resolve(),
+            _free_space(work),
+            output.resolve(),
+            _free_space(output),
+        )
+        with _staging_dir(work) as staging:
+            tree = _stage_inputs(inputs, staging)
+            members = plan_members(tree, source_date_epoch)
+            _check_and_log_members(members, loose_model=inputs.archive is None)
+            final, digest, size = _write_and_verify(members, output, compression_level, threads)
     seconds = time.monotonic() - started
     bytes_in = sum(member.size for member in members)
     log.info(
         "package %s: %d files, %s in, %s out, ratio %.3f, %.2f s, %.1f MB/s, sha256 %s",
-        final,
+        final.resolve(),
         sum(not member.is_dir for member in members),
         _human(bytes_in),
         _human(size),
@@ -1523,6 +1798,39 @@ def _source_date_epoch(environ: Mapping[str, str]) -> Optional[int]:
         raise PackagingError(f"SOURCE_DATE_EPOCH must be an integer, not {value!r}") from None
 
 
+def _paths_by_name(
+    paths: Mapping[str, str], keys: Mapping[str, Tuple[str, ...]], what: str
+) -> Dict[str, Optional[str]]:
+    """{logical name: the path given under any of its keys, or None}; unknown keys fail."""
+    name_of = {key: name for name, aliases in keys.items() for key in aliases}
+    found: Dict[str, Optional[str]] = dict.fromkeys(keys)
+    for key, path in paths.items():
+        name = name_of.get(key)
+        if name is None:
+            raise PackagingError(
+                f"unknown {what} key {key!r}; the accepted keys are {', '.join(name_of)}"
+            )
+        earlier = found[name]
+        if earlier is not None and os.path.normpath(earlier) != os.path.normpath(path):
+            raise PackagingError(
+                f"{what} keys {' and '.join(repr(k) for k in keys[name] if k in paths)} both "
+                f"name the {name}, as {earlier} and {path}; give one of them"
+            )
+        found[name] = path
+    return found
+
+
+def _show_logs_by_default() -> None:
+    """Used as a library with no logging set up, main() still shows the job's INFO lines."""
+    if log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+
+
 def main(
     input_paths: Mapping[str, str],
     output_paths: Mapping[str, str],
@@ -1531,20 +1839,25 @@ def main(
 ) -> Path:
     """Pipeline entry point: package the model and return the package's path.
 
-    input_paths has model_input and script_input; output_paths has
-    package_output (or output_dir, as older callers say). environ_vars may set
-    SOURCE_DATE_EPOCH and WORKING_DIRECTORY; job_args may set work_dir,
-    compression_level and threads. Raises PackagingError on failure, after
-    reporting it.
+    input_paths has model_input, script_input (or inference_scripts_input) and
+    optionally calibration_model; output_paths has package_output (or
+    output_dir, or packaged_model). A key left out means the contract's path;
+    an unknown key fails. environ_vars may set SOURCE_DATE_EPOCH and
+    WORKING_DIRECTORY; job_args may set work_dir, compression_level and
+    threads. Raises PackagingError on failure, after reporting it.
     """
+    _show_logs_by_default()
     try:
+        inputs = _paths_by_name(input_paths, INPUT_KEYS, "input")
+        outputs = _paths_by_name(output_paths, OUTPUT_KEYS, "output")
         work_dir = (
             getattr(job_args, "work_dir", None) or environ_vars.get("WORKING_DIRECTORY") or None
         )
         return package(
-            input_paths.get("model_input", DEFAULT_MODEL_PATH),
-            input_paths.get("script_input", DEFAULT_SCRIPT_PATH),
-            output_paths.get("package_output", output_paths.get("output_dir", DEFAULT_OUTPUT_PATH)),
+            inputs["model_input"],
+            inputs["script_input"],
+            outputs["package_output"],
+            calibration_dir=inputs["calibration_model"],
             work_dir=work_dir,
             compression_level=getattr(job_args, "compression_level", DEFAULT_COMPRESSION_LEVEL),
             threads=getattr(job_args, "threads", None),
@@ -1564,22 +1877,40 @@ def main(
         raise
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where it has one worth showing (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; defaults are read from the module constants at call time."""
     parser = argparse.ArgumentParser(
         prog="mims_package.py",
-        description="Package a trained model and its inference code into a verified, "
-        "deterministic model.tar.gz for SageMaker. With no arguments it uses the "
-        "SageMaker Processing paths.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Package a trained model, its inference code and its calibration into a "
+        "verified, deterministic model.tar.gz for SageMaker. With no arguments it uses the "
+        "SageMaker Processing paths. Needs Python 3.7 or later, nothing else.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument(
         "--model-dir",
         default=DEFAULT_MODEL_PATH,
-        help="model input: a model.tar.gz (gzip, bzip2, xz or tar) or loose model files",
+        help="model input: a directory with model.tar.gz (gzip, bzip2, xz or tar) or loose "
+        "model files, or the archive file itself",
     )
     parser.add_argument(
-        "--script-dir", default=DEFAULT_SCRIPT_PATH, help="inference code, packaged under code/"
+        "--script-dir",
+        default=DEFAULT_SCRIPT_PATH,
+        help="inference code, packaged under code/; only the default path may be missing",
+    )
+    parser.add_argument(
+        "--calibration-dir",
+        default=DEFAULT_CALIBRATION_PATH,
+        help="calibration artifacts, packaged under calibration/; only the default path may "
+        "be missing",
     )
     parser.add_argument(
         "--output-dir",
@@ -1589,8 +1920,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--work-dir",
         default=None,
-        help="where the staging directory is created; default: $WORKING_DIRECTORY, "
-        "else the output directory's parent, else the system temp dir",
+        help="where the staging directory is created (made if missing); default: "
+        "$WORKING_DIRECTORY, else the output directory's parent, else the system temp dir",
     )
     parser.add_argument(
         "--compression-level",
@@ -1610,8 +1941,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default="INFO",
+        type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging detail",
+        help="logging detail, in any case",
     )
     parser.add_argument(
         "--print-contract", action="store_true", help="print the script contract as JSON and exit"
@@ -1620,7 +1952,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
@@ -1638,17 +1973,17 @@ def cli(argv: Optional[List[str]] = None) -> int:
     if args.print_contract:
         print(json.dumps(CONTRACT, indent=2))
         return 0
-    logging.basicConfig(
-        stream=sys.stdout,
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    logging.basicConfig(stream=sys.stdout, level=args.log_level, format=LOG_FORMAT)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _raise_stopped)
     environ = {name: os.environ[name] for name in OPTIONAL_ENV_VARS if name in os.environ}
     try:
         main(
-            {"model_input": args.model_dir, "script_input": args.script_dir},
+            {
+                "model_input": args.model_dir,
+                "script_input": args.script_dir,
+                "calibration_model": args.calibration_dir,
+            },
             {"package_output": args.output_dir},
             environ,
             args,

@@ -166,21 +166,28 @@ class Job:
 
     def leftovers(self) -> list[str]:
         """Anything but the package in the output dir, and anything in the work dir."""
-        found = [p.name for p in self.output.iterdir() if p.name != "model.tar.gz"]
-        return found + [p.name for p in self.work.iterdir()] if self.output.exists() else []
+        found = [p.name for p in self.work.iterdir()]
+        if self.output.exists():
+            found += [p.name for p in self.output.iterdir() if p.name != "model.tar.gz"]
+        return found
 
 
 @pytest.fixture
 def job(tmp_path: Path) -> Job:
+    """A job whose work dir and (empty) script dir exist; the model and output do not yet."""
     work = tmp_path / "work"
     work.mkdir()
-    return Job(tmp_path, tmp_path / "model", tmp_path / "script", tmp_path / "output", work)
+    script = tmp_path / "script"
+    script.mkdir()
+    return Job(tmp_path, tmp_path / "model", script, tmp_path / "output", work)
 
 
 @pytest.fixture(autouse=True)
 def no_sagemaker_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """In-process runs never touch /opt/ml: the job-detection paths point into tmp_path."""
+    """In-process runs never touch /opt/ml: job detection and optional inputs are in tmp_path."""
     fake = tmp_path / "opt-ml"
+    for name, path in (("SCRIPT", "script"), ("CALIBRATION", "calibration")):
+        monkeypatch.setattr(mims_package, f"DEFAULT_{name}_PATH", str(fake / "input" / path))
     monkeypatch.setattr(
         mims_package, "JOB_CONFIG_PATH", str(fake / "config" / "processingjobconfig.json")
     )

@@ -64,14 +64,14 @@ def check_one(data: bytes) -> None:
 
     with tempfile.TemporaryDirectory(prefix="mims-fuzz-") as scratch:
         sandbox = Path(scratch)
-        for name in ("model", "work", "out"):
+        for name in ("model", "script", "work", "out"):
             (sandbox / name).mkdir()
         (sandbox / "model" / "model.tar.gz").write_bytes(data)
         before = _tree(sandbox)
         try:
             package = mims_package.package(
                 sandbox / "model",
-                sandbox / "no-script",
+                sandbox / "script",
                 sandbox / "out",
                 work_dir=sandbox / "work",
                 compression_level=1,

@@ -22,17 +22,17 @@ def test_contract_constants_and_cli_defaults_agree() -> None:
     assert contract["entry_point"] == SCRIPT.name
     assert contract["expected_input_paths"] == {
         "model_input": mims_package.DEFAULT_MODEL_PATH,
-        "script_input": mims_package.DEFAULT_SCRIPT_PATH,
+        "script_input": "/opt/ml/processing/input/script",
+        "calibration_model": "/opt/ml/processing/input/calibration",
     }
+    assert contract["optional_input_paths"] == ["calibration_model"]
+    # (conftest points the optional inputs' defaults into tmp_path, away from the host's /opt/ml)
+    assert defaults["calibration_dir"] == mims_package.DEFAULT_CALIBRATION_PATH
     assert contract["expected_output_paths"] == {"package_output": mims_package.DEFAULT_OUTPUT_PATH}
     assert (
         defaults["model_dir"] == "/opt/ml/processing/input/model" == mims_package.DEFAULT_MODEL_PATH
     )
-    assert (
-        defaults["script_dir"]
-        == "/opt/ml/processing/input/script"
-        == mims_package.DEFAULT_SCRIPT_PATH
-    )
+    assert defaults["script_dir"] == mims_package.DEFAULT_SCRIPT_PATH
     assert defaults["output_dir"] == "/opt/ml/processing/output" == mims_package.DEFAULT_OUTPUT_PATH
     assert defaults["compression_level"] == 6
     assert contract["required_env_vars"] == []
@@ -171,8 +171,13 @@ def test_logs_go_to_stdout_with_timestamps_and_a_summary(job: Job) -> None:
     result = job.cli()
     assert result.returncode == 0 and result.stderr == ""
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO ", result.stdout)
-    for phase in ("stage", "compress", "verify"):
-        assert re.search(rf"INFO {phase}: done in \d+\.\d\d s", result.stdout)
+    for phase, amount in (
+        ("stage", "1 files"),
+        ("compress", "1.0 KB in"),
+        ("verify", r"\d+ B read back"),
+    ):
+        lines = re.findall(rf"INFO {phase}: .* in \d+\.\d\d s$", result.stdout, re.M)
+        assert len(lines) == 1 and re.search(rf"{phase}: {amount} in", lines[0]), phase
     assert re.search(
         r"package .*: 1 files, 1\.0 KB in, .* out, ratio 0\.\d+, .* s, .* MB/s, "
         r"sha256 [0-9a-f]{64}",

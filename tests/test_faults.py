@@ -154,7 +154,7 @@ def shared_job() -> Iterator[Job]:
     base = Path(tempfile.mkdtemp(prefix="mims-perm-"))
     base.chmod(0o755)
     job = Job(base, base / "model", base / "script", base / "output", base / "work")
-    for path in (job.model, job.output, job.work):
+    for path in (job.model, job.script, job.output, job.work):
         path.mkdir()
     write_tree(job.model, {"m.bin": b"model"})
     (job.model / "m.bin").chmod(0o644)

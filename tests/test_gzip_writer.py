@@ -204,6 +204,7 @@ def test_package_bytes_do_not_depend_on_threads(tmp_path: Path) -> None:
     from conftest import run_cli, write_tree
 
     write_tree(tmp_path / "model", {"w.bin": sample(3 * MIB + 7), "v.json": b"{}"})
+    write_tree(tmp_path / "script", {"inference.py": ""})
     packages = []
     for threads in ("1", "2", "3", "8"):
         out = tmp_path / f"out{threads}"
@@ -211,7 +212,7 @@ def test_package_bytes_do_not_depend_on_threads(tmp_path: Path) -> None:
             "--model-dir",
             tmp_path / "model",
             "--script-dir",
-            tmp_path / "none",
+            tmp_path / "script",
             "--output-dir",
             out,
             "--threads",

@@ -113,11 +113,30 @@ def test_corrupted_bzip2_and_xz(job: Job, compression: str) -> None:
     assert_refused(job.cli(), job, "corrupt or truncated")
 
 
-@pytest.mark.parametrize("content", [b"", b"this is not an archive at all" * 40])
-def test_not_an_archive(job: Job, content: bytes) -> None:
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "is empty (0 bytes)"),
+        (
+            b"this is not an archive at all" * 40,
+            "is not a tar archive (it starts with b'this is ')",
+        ),
+        (b"PK\x03\x04" + bytes(600), "is a zip archive, not a tar archive"),
+        (b"7z\xbc\xaf\x27\x1c" + bytes(600), "is a 7z archive, not a tar archive"),
+        (
+            gzip.compress(b"a single weights file" * 100),
+            "gzip-compressed, but what it holds is not",
+        ),
+    ],
+    ids=["empty", "text", "zip", "7z", "gzipped-file"],
+)
+def test_not_a_tar_archive_says_what_it_is(job: Job, content: bytes, needle: str) -> None:
     job.model.mkdir()
     (job.model / "model.tar.gz").write_bytes(content)
-    assert_refused(job.cli(), job, "corrupt or truncated")
+    result = job.cli()
+    assert_refused(result, job, needle)
+    assert "upload it again" not in result.stdout  # the advice fits what the file is
+    assert not job.output.exists()  # nothing is created before the inputs pass their checks
 
 
 def test_existing_package_is_replaced_on_success(job: Job) -> None:

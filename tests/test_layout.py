@@ -127,7 +127,7 @@ def test_files_beside_the_archive_are_ignored_and_named(job: Job) -> None:
     ("setup", "needle"),
     [
         (lambda j: None, "does not exist"),
-        (lambda j: j.model.write_text("not a dir"), "is not a directory"),
+        (lambda j: j.model.write_text("not a dir"), "is not a tar archive"),
         (lambda j: j.model.mkdir(), "holds no model files"),
         (lambda j: write_tree(j.model, {"a/b": None}), "holds no model files"),
         (lambda j: write_tree(j.model, {"code/inference.py": "only code"}), "holds no model files"),
@@ -186,7 +186,7 @@ def test_default_work_dir_is_the_outputs_parent(job: Job, staging_parents: list[
         {"WORKING_DIRECTORY": str(job.work)},
     )
     assert staging_parents[-1] == job.work
-    assert sorted(p.name for p in job.tmp.iterdir()) == ["model", "output", "work"]
+    assert sorted(p.name for p in job.tmp.iterdir()) == ["model", "output", "script", "work"]
 
 
 def test_default_staging_is_beside_a_new_output_dir(job: Job, staging_parents: list[Path]) -> None:

@@ -94,7 +94,7 @@ def extracted(package: Path, dest: Path) -> dict[str, tuple[str, int, bytes]]:
 def package(model: Path, out: Path, work: Path, epoch: str | None = None) -> Path:
     environ = {"SOURCE_DATE_EPOCH": epoch} if epoch else {}
     return mims_package.main(
-        {"model_input": str(model), "script_input": str(work / "no-code")},
+        {"model_input": str(model)},
         {"package_output": str(out)},
         environ,
         argparse.Namespace(work_dir=str(work), compression_level=1),
@@ -232,8 +232,7 @@ def test_hostile_archives_are_refused_or_packaged_safely(
             result = None
         assert snapshot(base, "sandbox/out") == before, "something was written outside staging"
         if result is None:
-            assert not (sandbox / "out" / "model.tar.gz").exists()
-            assert list((sandbox / "out").iterdir()) == []
+            assert not (sandbox / "out").exists()  # the output dir it made is removed too
             return
         with tarfile.open(result, "r:gz") as tar:
             for info in tar:
