@@ -195,6 +195,20 @@ def no_sagemaker_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return fake
 
 
+@pytest.fixture
+def staging_parents(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The directories the job creates its staging dirs in, in order."""
+    seen: list[Path] = []
+    real_mkdtemp = mims_package.tempfile.mkdtemp
+
+    def recording_mkdtemp(**kwargs: Any) -> str:
+        seen.append(kwargs["dir"])
+        return real_mkdtemp(**kwargs)
+
+    monkeypatch.setattr(mims_package.tempfile, "mkdtemp", recording_mkdtemp)
+    return seen
+
+
 def assert_refused(result: Any, job: Job, *needles: str) -> None:
     """A clean refusal: exit 1, one ERROR line naming the problem, no package, nothing left over."""
     assert result.returncode == 1, result.stdout + result.stderr

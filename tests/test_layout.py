@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import Job, archive_tree, assert_refused, files_of, read_package, write_tree
@@ -156,20 +155,6 @@ def test_output_path_that_is_a_file_fails(job: Job) -> None:
     assert result.returncode == 1
     assert "exists and is not a directory" in result.stdout
     assert job.output.read_text() == "in the way"
-
-
-@pytest.fixture
-def staging_parents(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The directories the job creates its staging dirs in, in order."""
-    seen: list[Path] = []
-    real_mkdtemp = mims_package.tempfile.mkdtemp
-
-    def recording_mkdtemp(**kwargs: Any) -> str:
-        seen.append(kwargs["dir"])
-        return real_mkdtemp(**kwargs)
-
-    monkeypatch.setattr(mims_package.tempfile, "mkdtemp", recording_mkdtemp)
-    return seen
 
 
 def test_default_work_dir_is_the_outputs_parent(job: Job, staging_parents: list[Path]) -> None:

@@ -1,0 +1,151 @@
+"""What a new user gets wrong, and what the job says: inputs, work and output dirs, the CLI."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    SCRIPT,
+    Job,
+    archive_tree,
+    assert_refused,
+    files_of,
+    in_namespace,
+    needs_unshare,
+    run_cli,
+    write_tree,
+)
+
+import mims_package
+
+MODEL = {"xgboost_model.bst": b"booster"}
+
+
+def test_an_explicit_script_dir_that_does_not_exist_is_an_error(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    missing = job.tmp / "scripts-typo"
+    result = job.cli("--script-dir", missing)
+    assert_refused(result, job, f"script input {missing} does not exist", "--script-dir")
+    assert not job.output.exists()
+
+
+def test_the_default_script_dir_missing_is_a_warning(
+    job: Job, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_tree(job.model, MODEL)
+    mims_package.main({"model_input": str(job.model)}, {"package_output": str(job.output)}, {})
+    warning = f"no inference code in {mims_package.DEFAULT_SCRIPT_PATH}: the package has no code/"
+    assert [r.levelname for r in caplog.records if warning in r.getMessage()] == ["WARNING"]
+    assert set(files_of(job.package)) == {"xgboost_model.bst"}
+
+
+def test_model_dir_may_name_the_archive_itself(job: Job) -> None:
+    archive = archive_tree(write_tree(job.tmp / "trained", MODEL), job.tmp / "s3" / "model.tar.gz")
+    result = job.cli("--model-dir", archive)
+    assert result.returncode == 0, result.stdout
+    assert files_of(job.package) == {"xgboost_model.bst": b"booster"}
+
+
+@pytest.mark.parametrize("name", ["model.tgz", "output/model.tar.gz"])
+def test_an_archive_under_another_name_is_packaged_as_a_file_with_a_warning(
+    job: Job, name: str
+) -> None:
+    archive = archive_tree(write_tree(job.tmp / "trained", MODEL), job.tmp / "a.tar.gz")
+    write_tree(job.model, {name: archive.read_bytes()})
+    result = job.cli()
+    assert result.returncode == 0, result.stdout
+    warnings = [line for line in result.stdout.splitlines() if "like an archive" in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0]
+    assert f"holds {name}, which looks like an archive" in warnings[0]
+    assert "packaged as a file, not extracted" in warnings[0]
+    assert set(files_of(job.package)) == {name}
+
+
+def test_model_archive_in_the_script_dir_asks_whether_they_are_swapped(job: Job) -> None:
+    archive = archive_tree(write_tree(job.tmp / "trained", MODEL), job.script / "model.tar.gz")
+    write_tree(job.model, {"inference.py": "code"})
+    assert archive.exists()
+    assert_refused(job.cli(), job, "holds model.tar.gz", "--model-dir and --script-dir swapped")
+
+
+def test_one_dir_for_model_and_code_asks_whether_they_are_swapped(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    assert_refused(
+        job.cli("--script-dir", job.model), job, "the same directory", "swapped? The model"
+    )
+
+
+def test_output_dir_dot_keeps_staging_outside_it(
+    job: Job, staging_parents: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, MODEL)
+    job.output.mkdir()
+    monkeypatch.chdir(job.output)
+    mims_package.main({"model_input": str(job.model)}, {"package_output": "."}, {})
+    assert staging_parents == [job.tmp]
+    assert sorted(os.listdir(job.output)) == ["model.tar.gz"]
+
+
+def test_an_explicit_work_dir_inside_the_output_is_refused(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    result = job.cli("--work-dir", job.output / "scratch")
+    assert_refused(result, job, "is inside the output directory", "SageMaker uploads")
+
+
+def test_a_work_dir_that_is_a_file_gets_its_own_message(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    (job.tmp / "work-file").write_text("x")
+    result = job.cli("--work-dir", job.tmp / "work-file")
+    assert_refused(result, job, "work directory", "exists and is not a directory")
+
+
+def test_a_missing_work_dir_is_created_with_its_parents(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    work = job.tmp / "new" / "work"
+    assert job.cli("--work-dir", work).returncode == 0
+    assert work.is_dir() and list(work.iterdir()) == []
+
+
+def test_a_failed_run_leaves_no_output_dir_it_made(job: Job) -> None:
+    write_tree(job.model, {"model.tar.gz": b"\x1f\x8b" + os.urandom(100)})
+    output = job.tmp / "build" / "package"
+    assert_refused(job.cli("--output-dir", output), job, "corrupt")
+    assert not (job.tmp / "build").exists()
+
+
+@needs_unshare
+def test_no_arguments_on_a_laptop_creates_nothing(tmp_path: Path) -> None:
+    """The SageMaker paths do not exist here: one ERROR, and no /opt/ml/processing/output."""
+    result = in_namespace(
+        'mount -t tmpfs tmpfs /opt && "$@"; echo "exit $?"; find /opt', sys.executable, SCRIPT
+    )
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if " ERROR " in line] == [
+        next(line for line in lines if " ERROR " in line)
+    ]
+    assert "model input /opt/ml/processing/input/model does not exist" in result.stdout
+    assert lines[-2:] == ["exit 1", "/opt"]  # nothing was created under /opt
+
+
+def test_help_shows_only_real_defaults() -> None:
+    result = run_cli("--help")
+    text = " ".join(result.stdout.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: /opt/ml/processing/input/calibration)" in text
+    assert "--calibration-dir" in text
+
+
+def test_threads_that_is_not_a_number_says_so() -> None:
+    result = run_cli("--threads", "abc")
+    assert result.returncode == 2
+    assert "argument --threads: must be a whole number, not 'abc'" in result.stderr
+
+
+def test_log_level_in_any_case(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    result = job.cli("--log-level", "debug")
+    assert result.returncode == 0, result.stderr
+    assert " DEBUG   xgboost_model.bst (7 bytes, mode 644)" in result.stdout
