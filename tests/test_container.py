@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from conftest import EXAMPLE, ROOT, SCRIPT, files_of, in_namespace, needs_unshare, write_tree
@@ -35,6 +36,10 @@ mkdir -p /opt/ml/processing/input/model /opt/ml/processing/input/script \
 mount --bind -o ro "$tmp/model" /opt/ml/processing/input/model
 mount --bind -o ro "$tmp/script" /opt/ml/processing/input/script
 mount --bind "$tmp/output" /opt/ml/processing/output
+if [ -d "$tmp/calibration" ]; then
+  mkdir /opt/ml/processing/input/calibration
+  mount --bind -o ro "$tmp/calibration" /opt/ml/processing/input/calibration
+fi
 if touch /opt/ml/processing/input/model/probe 2>/dev/null; then
   echo "inputs are writable"; exit 99
 fi
@@ -81,6 +86,7 @@ def test_the_container_packages_the_example(tmp_path: Path) -> None:
             write_tree(
                 tmp_path / "script", {str(path.relative_to(EXAMPLE / "script")): path.read_bytes()}
             )
+    shutil.copytree(EXAMPLE / "calibration", tmp_path / "calibration")
     (tmp_path / "output").mkdir()
     code, log = run_container(tmp_path)
     assert code == 0, log
@@ -91,7 +97,10 @@ def test_the_container_packages_the_example(tmp_path: Path) -> None:
         "hyperparameters.json",
         "code/inference.py",
         "code/processing/risk_table.py",
+        "calibration/calibration_model.pkl",
+        "calibration/calibration_summary.json",
     } <= names
+    assert "calibration_model /opt/ml/processing/input/calibration" in log
     assert not (tmp_path / "message").exists()
     assert (tmp_path / "processing-dir").read_text().split() == ["input", "output"]
 

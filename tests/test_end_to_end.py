@@ -45,13 +45,17 @@ def import_inference(code_dir: Path) -> ModuleType:
 def test_trained_model_served_from_the_package(job: Job) -> None:
     example = make_example.train(seed=11, rows=1500)
     make_example.write_model_archive(example, job.model / "model.tar.gz")
-    result = job.cli("--script-dir", EXAMPLE / "script")
+    make_example.write_calibration(example, job.tmp / "calibration")
+    result = job.cli(
+        "--script-dir", EXAMPLE / "script", "--calibration-dir", job.tmp / "calibration"
+    )
     assert result.returncode == 0, result.stdout
 
     model_dir = job.tmp / "opt-ml-model"
     model_dir.mkdir()
     subprocess.run(["tar", "-xzf", str(job.package), "-C", str(model_dir)], check=True)
     assert sorted(p.name for p in model_dir.iterdir()) == [
+        "calibration",
         "code",
         "hyperparameters.json",
         "impute_dict.pkl",
@@ -68,23 +72,22 @@ def test_trained_model_served_from_the_package(job: Job) -> None:
     records = [dict(zip(make_example.FIELDS, line.split(","))) for line in PAYLOAD.splitlines()]
     matrix = make_example.features(example, records)
     assert np.isnan(matrix).sum() == 0
-    expected = example.booster.predict(
+    raw = example.booster.predict(
         make_example.xgb.DMatrix(matrix, feature_names=make_example.FIELDS)
     )
+    expected = make_example.calibrate(example.calibration, raw)
+    assert not np.allclose(expected, raw)  # the calibration really changes the scores
     assert content_type == "text/csv"
     assert [float(line) for line in body.splitlines()] == pytest.approx(expected.tolist(), abs=0)
     assert len(set(expected.round(6))) == 4  # four different scores: the inputs really differ
 
 
-def test_bundled_example_is_current() -> None:
-    """The committed example archive holds the seed's four artifacts and loads."""
-    import tarfile
-
-    with tarfile.open(EXAMPLE / "model" / "model.tar.gz") as tar:
-        names = sorted(name.removeprefix("./") for name in tar.getnames())
-    assert names == [
-        "hyperparameters.json",
-        "impute_dict.pkl",
-        "risk_table_map.pkl",
-        "xgboost_model.bst",
-    ]
+def test_bundled_example_is_current(tmp_path: Path) -> None:
+    """Regenerating the example gives the committed bytes: the archive and the calibration."""
+    example = make_example.train()
+    make_example.write_model_archive(example, tmp_path / "model" / "model.tar.gz")
+    make_example.write_calibration(example, tmp_path / "calibration")
+    for name in ("model/model.tar.gz", "calibration/calibration_model.pkl"):
+        assert (tmp_path / name).read_bytes() == (EXAMPLE / name).read_bytes(), name
+    summary = (tmp_path / "calibration" / "calibration_summary.json").read_bytes()
+    assert summary == (EXAMPLE / "calibration" / "calibration_summary.json").read_bytes()
