@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -250,6 +251,29 @@ def find_pythons() -> dict[str, str]:
         if version is not None and version not in found:
             found[version] = path  # type: ignore[assignment]
     return found
+
+
+STARTS = {"extract": "INFO model archive: ", "compress": "INFO compress: level"}
+
+
+def stop_during(job: Job, phase: str, signum: int, python: str = sys.executable) -> tuple[int, str]:
+    """Start the job, send signum once it logs the line before that phase; return (code, log)."""
+    process = subprocess.Popen(
+        [python, str(SCRIPT), *map(str, job.args("--compression-level", "9"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if STARTS[phase] in line:
+            time.sleep(0.1)
+            process.send_signal(signum)
+            break
+    log.extend(process.stdout)
+    return process.wait(timeout=60), "".join(log)
 
 
 def unshare_problem() -> str | None:

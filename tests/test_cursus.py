@@ -24,6 +24,7 @@ import mims_package
 MODEL = {"xgboost_model.bst": b"booster", "hyperparameters.json": "{}"}
 CODE = {"inference.py": "def model_fn(d): pass\n", "processing/__init__.py": ""}
 CALIBRATION = {"calibration_model.pkl": b"calibrator", "calibration_summary.json": "{}"}
+PACKAGED = {*MODEL, *(f"code/{n}" for n in CODE), *(f"calibration/{n}" for n in CALIBRATION)}
 
 
 @pytest.mark.parametrize(
@@ -50,14 +51,7 @@ def test_every_key_convention_is_honoured(
         {"WORKING_DIRECTORY": str(job.work)},
     )
     assert path == job.package
-    assert set(files_of(job.package)) == {
-        "xgboost_model.bst",
-        "hyperparameters.json",
-        "code/inference.py",
-        "code/processing/__init__.py",
-        "calibration/calibration_model.pkl",
-        "calibration/calibration_summary.json",
-    }
+    assert set(files_of(job.package)) == PACKAGED
 
 
 @pytest.mark.parametrize(
@@ -202,13 +196,6 @@ def test_cursus_main_flow_in_a_private_namespace(tmp_path: Path) -> None:
     assert len(report["results"]) == 4
     for input_form, _, output_key, path in report["results"]:
         assert path == str(base / "out" / input_form / output_key / "model.tar.gz")
-        assert set(files_of(Path(path))) == {
-            "xgboost_model.bst",
-            "hyperparameters.json",
-            "code/inference.py",
-            "code/processing/__init__.py",
-            "calibration/calibration_model.pkl",
-            "calibration/calibration_summary.json",
-        }
+        assert set(files_of(Path(path))) == PACKAGED
     for work in (base / "mims_packaging_directory").iterdir():
         assert list(work.iterdir()) == []

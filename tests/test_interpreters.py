@@ -22,10 +22,12 @@ from conftest import (
     EXAMPLE,
     SCRIPT,
     SUPPORTED_PYTHONS,
+    Job,
     archive_tree,
     find_pythons,
     make_archive,
     read_package,
+    stop_during,
     tar_member,
     walk,
     write_tree,
@@ -240,25 +242,10 @@ def test_sigterm_during_compression_leaves_nothing(version: str, tmp_path: Path)
     model = write_tree(tmp_path / "model", {"weights.bin": os.urandom(32 << 20)})
     out, work = tmp_path / "out", tmp_path / "work"
     work.mkdir()
-    script = write_tree(tmp_path / "script", {})
-    args = ["--model-dir", model, "--script-dir", script, "--output-dir", out]
-    process = subprocess.Popen(
-        [python, str(SCRIPT), *map(str, args), "--work-dir", work, "--compression-level", "9"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    log = []
-    for line in process.stdout:
-        log.append(line)
-        if "compress: level" in line:
-            time.sleep(0.2)
-            process.send_signal(signal.SIGTERM)
-            break
-    log.extend(process.stdout)
-    assert process.wait(timeout=60) == 143, "".join(log)
-    assert "Traceback" not in "".join(log)
+    job = Job(tmp_path, model, write_tree(tmp_path / "script", {}), out, work)
+    code, log = stop_during(job, "compress", signal.SIGTERM, python)
+    assert code == 143, log
+    assert "Traceback" not in log
     assert list(work.iterdir()) == []
     assert not out.exists()  # the job made it, and removes it when it fails or stops
 

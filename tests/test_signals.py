@@ -4,37 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import SCRIPT, Job, make_archive, tar_member, write_tree
+from conftest import Job, make_archive, stop_during, tar_member, write_tree
 
 BIG = 48 << 20
-
-
-STARTS = {"extract": "INFO model archive: ", "compress": "INFO compress: level"}
-
-
-def stop_during(job: Job, phase: str, signum: int) -> tuple[int, str]:
-    """Start the job, send signum once it logs the line before that phase; return (code, log)."""
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *map(str, job.args("--compression-level", "9"))],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    log = []
-    for line in process.stdout:
-        log.append(line)
-        if STARTS[phase] in line:
-            time.sleep(0.1)
-            process.send_signal(signum)
-            break
-    log.extend(process.stdout)
-    return process.wait(timeout=60), "".join(log)
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
