@@ -95,7 +95,6 @@ from typing import (
     Tuple,
     TypeVar,
     Union,
-    cast,
 )
 
 # ---------------------------------------------------------------------------
@@ -123,6 +122,8 @@ IO_BLOCK_SIZE = 1 << 20
 MAX_SYMLINK_HOPS = 40
 EXPANSION_LIMIT = 10  # staged entries per input entry, once symlinks are materialized
 EXPANSION_ALLOWANCE = 10_000
+LINK_EXPANSION_LIMIT = 10  # bytes hard links may copy, per byte of the archive's files
+LINK_EXPANSION_ALLOWANCE = 100 << 20
 MAX_NAME_BYTES = 255
 MAX_MESSAGE_BYTES = 1024
 PROGRESS_INTERVAL = 5.0
@@ -549,6 +550,291 @@ def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> 
     return pax + records + _padding(len(records)) + header
 
 
+# Reading is strict, and bounded before any value is parsed: tarfile takes a
+# damaged header for the end of the archive, crashes on odd PAX values, and
+# before late-2024 patches spends minutes in a regex on a long PAX header
+# (CVE-2024-6232). This reader reads ustar and old-GNU headers, PAX extended
+# headers (x, and g, which is checked and ignored) and GNU long names (L, K).
+# Every header's checksum must hold, every number must parse, an extended
+# header may hold at most 64 KiB and a name at most 4096 bytes, and the
+# archive ends only at its end marker (two zero blocks) with nothing but zeros
+# after it.
+
+MAX_EXTENDED_HEADER = 64 << 10
+MAX_PATH_BYTES = 4096  # PATH_MAX
+USTAR_MAGIC = b"ustar\x0000"
+PAX_GLOBAL_TYPE = b"g"
+GNU_LONG_NAME, GNU_LONG_LINK, GNU_VOLUME_LABEL, GNU_DUMPDIR = b"L", b"K", b"V", b"D"
+TAR_TYPES = {"file": REGULAR_TYPE, "dir": DIRECTORY_TYPE, "symlink": b"2", "hardlink": b"1"}
+MEMBER_KINDS = {
+    b"0": "file",
+    b"\0": "file",
+    b"7": "file",  # contiguous file: a regular file everywhere but on some old Unixes
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"5": "dir",
+    GNU_DUMPDIR: "dir",  # an incremental dump's directory; its data lists names, and is skipped
+    b"3": "character device",
+    b"4": "block device",
+    b"6": "FIFO",
+}
+REFUSED_TYPES = {
+    b"S": "a GNU sparse file",
+    b"M": "a multi-volume continuation",
+    b"N": "an old GNU long-name record",
+}
+NUMERIC_PAX_KEYWORDS = (b"size", b"uid", b"gid")
+TIME_PAX_KEYWORDS = (b"mtime", b"atime", b"ctime")
+
+
+class ArchiveError(Exception):
+    """The tar stream is damaged or malformed; the text says where and how."""
+
+
+class TarMember:
+    """One member as its headers describe it; kind is "file", "dir", "symlink", "hardlink"..."""
+
+    __slots__ = ("kind", "linkname", "mode", "mtime", "name", "size", "typeflag")
+
+    def __init__(
+        self, name: str, kind: str, typeflag: bytes, size: int, mode: int, mtime: float, link: str
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.typeflag = typeflag
+        self.size = size
+        self.mode = mode
+        self.mtime = mtime
+        self.linkname = link
+
+
+def _c_string(field: bytes) -> bytes:
+    """A header's text field: everything before the first NUL."""
+    end = field.find(b"\0")
+    return field if end < 0 else field[:end]
+
+
+def _header_number(field: bytes, what: str) -> int:
+    """A header's number: octal ASCII, or GNU base-256 (a leading 0x80 byte) for large values."""
+    if field[:1] == b"\x80":
+        return int.from_bytes(field[1:], "big")
+    digits = _c_string(field).strip(b" ")
+    if not digits:
+        return 0
+    if digits.strip(b"01234567"):
+        raise ArchiveError(f"its {what} field is not an octal number ({field!r})")
+    return int(digits, 8)
+
+
+def _pax_number(value: bytes, keyword: bytes, fraction: bool) -> float:
+    """A PAX number: decimal digits, a leading "-" and a ".fraction" where fraction allows."""
+    whole, dot, part = value.partition(b".") if fraction else (value, b"", b"")
+    if whole.startswith(b"-") and fraction:
+        whole = whole[1:]
+    if not whole.isdigit() or len(whole) > 20 or (dot and not part.isdigit()):
+        raise ArchiveError(f"its PAX {keyword.decode()} record is not a number ({value[:40]!r})")
+    return float(value) if fraction else int(value)
+
+
+def _pax_records(data: bytes) -> Dict[bytes, bytes]:
+    """The records of a PAX extended header ("<length> <keyword>=<value>\\n" each), checked."""
+    records: Dict[bytes, bytes] = {}
+    position = 0
+    while position < len(data) and data[position:].strip(b"\0"):
+        space = data.find(b" ", position, position + 12)
+        length_text = data[position:space] if space > position else b""
+        if not length_text.isdigit():
+            raise ArchiveError("a PAX record has no valid length")
+        end = position + int(length_text)
+        keyword, equals, value = data[space + 1 : end - 1].partition(b"=")
+        if not space < end <= len(data) or data[end - 1 : end] != b"\n" or not keyword:
+            raise ArchiveError(f"the PAX record {data[position : position + 40]!r} is malformed")
+        if not equals:
+            raise ArchiveError(f"the PAX record {data[position : position + 40]!r} has no '='")
+        if keyword.startswith(b"GNU.sparse."):
+            raise ArchiveError(
+                "it is a sparse file (GNU.sparse PAX records); sparse members are refused"
+            )
+        if keyword in NUMERIC_PAX_KEYWORDS or keyword in TIME_PAX_KEYWORDS:
+            _pax_number(value, keyword, keyword in TIME_PAX_KEYWORDS)
+        records[keyword] = value
+        position = end
+    return records
+
+
+def _decoded_name(raw: bytes, what: str) -> str:
+    """A name or link target as text: UTF-8, no NUL, at most MAX_PATH_BYTES."""
+    if len(raw) > MAX_PATH_BYTES:
+        raise ArchiveError(f"its {what} is {len(raw)} bytes long, over {MAX_PATH_BYTES} (PATH_MAX)")
+    if b"\0" in raw:
+        raise ArchiveError(f"its {what} holds a NUL byte")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchiveError(f"its {what} {raw!r} is not valid UTF-8") from None
+
+
+class TarReader:
+    """Reads a tar stream member by member; members() yields them, data() streams a file's bytes."""
+
+    def __init__(self, stream: "_Readable") -> None:
+        self._stream = stream
+        self._buffer = b""
+        self._position = 0
+        self._remaining = 0  # bytes of the current member's data not yet read
+        self._padding = 0  # and the padding after them
+        self.offset = 0  # bytes of the stream consumed, for messages
+
+    def _fill(self) -> bool:
+        block = self._stream.read(IO_BLOCK_SIZE)
+        if not block:
+            return False
+        self._buffer = self._buffer[self._position :] + block
+        self._position = 0
+        return True
+
+    def _take(self, size: int) -> bytes:
+        """Up to size bytes (fewer only at the end of the stream)."""
+        while len(self._buffer) - self._position < size and self._fill():
+            pass
+        data = self._buffer[self._position : self._position + size]
+        self._position += len(data)
+        self.offset += len(data)
+        return data
+
+    def _exactly(self, size: int, what: str) -> bytes:
+        data = self._take(size)
+        if len(data) < size:
+            raise ArchiveError(f"the archive ends inside {what} (truncated)")
+        return data
+
+    def _skip_data(self) -> None:
+        while self._remaining or self._padding:
+            if self._remaining:
+                self._remaining -= len(self._exactly(min(self._remaining, IO_BLOCK_SIZE), "data"))
+            else:
+                self._exactly(self._padding, "the padding after a member")
+                self._padding = 0
+
+    def _payload(self, size: int, what: str) -> bytes:
+        """An extended header's data, at most MAX_EXTENDED_HEADER bytes, and its padding."""
+        if size > MAX_EXTENDED_HEADER:
+            raise ArchiveError(f"its {what} is {size} bytes, over {MAX_EXTENDED_HEADER}")
+        data = self._exactly(size, what)
+        self._exactly(-size % BLOCK_SIZE, what)
+        return data
+
+    def data(self) -> Iterator[bytes]:
+        """The current member's bytes, in pieces of at most IO_BLOCK_SIZE."""
+        while self._remaining:
+            piece = self._exactly(min(self._remaining, IO_BLOCK_SIZE), "a member's data")
+            self._remaining -= len(piece)
+            yield piece
+
+    def _finish(self, start: int) -> None:
+        """After a zero block: the second must follow, and nothing but zeros after them."""
+        if self._take(BLOCK_SIZE) != bytes(BLOCK_SIZE):
+            raise ArchiveError(
+                f"the zero block at byte {start} is not followed by a second one "
+                "(a damaged or truncated archive)"
+            )
+        while True:
+            rest = self._take(IO_BLOCK_SIZE)
+            if not rest:
+                return
+            if rest.strip(b"\0"):
+                raise ArchiveError(f"data follows the end-of-archive marker at byte {self.offset}")
+
+    def members(self) -> Iterator[TarMember]:
+        """Every member, checked; raises ArchiveError naming the member (or offset) at a fault."""
+        pax: Dict[bytes, bytes] = {}
+        long_name = long_link = None
+        while True:
+            self._skip_data()
+            start = self.offset
+            block = self._take(BLOCK_SIZE)
+            if len(block) < BLOCK_SIZE:
+                raise ArchiveError(
+                    "the archive ends without its end-of-archive marker (truncated)"
+                    if not block or not pax
+                    else "the archive ends after an extended header (truncated)"
+                )
+            if not block.strip(b"\0"):
+                self._finish(start)
+                if pax or long_name is not None or long_link is not None:
+                    raise ArchiveError("an extended header has no member after it")
+                return
+            raw_name = _c_string(block[0:100])
+            if block[257:265] == USTAR_MAGIC and block[345] != 0:
+                raw_name = _c_string(block[345:500]) + b"/" + raw_name
+            shown = raw_name.decode("utf-8", "backslashreplace")
+            try:
+                member = self._member(block, raw_name, pax, long_name, long_link)
+            except ArchiveError as exc:
+                raise ArchiveError(f"the member at byte {start} ({shown[:200]!r}): {exc}") from None
+            if member is None:  # an extended header: it applies to the next member
+                typeflag = block[156:157]
+                data = self._payload(_header_number(block[124:136], "size"), "extended header")
+                try:
+                    if typeflag == PAX_HEADER_TYPE:
+                        pax.update(_pax_records(data))
+                    elif typeflag == PAX_GLOBAL_TYPE:
+                        _pax_records(data)  # checked; its defaults are not applied
+                    elif typeflag == GNU_LONG_NAME:
+                        long_name = _c_string(data)
+                    elif typeflag == GNU_LONG_LINK:
+                        long_link = _c_string(data)
+                except ArchiveError as exc:
+                    raise ArchiveError(f"the extended header at byte {start}: {exc}") from None
+                continue
+            pax, long_name, long_link = {}, None, None
+            if member.kind == "label":
+                continue
+            yield member
+
+    def _member(
+        self,
+        block: bytes,
+        raw_name: bytes,
+        pax: Dict[bytes, bytes],
+        long_name: Optional[bytes],
+        long_link: Optional[bytes],
+    ) -> Optional[TarMember]:
+        """The member this header describes, or None for an extended header (data not read)."""
+        if not _is_tar_header(block):
+            raise ArchiveError("its header is damaged (the checksum does not match)")
+        typeflag = block[156:157]
+        size = _header_number(block[124:136], "size")
+        mtime: float = _header_number(block[136:148], "mtime")
+        mode = _header_number(block[100:108], "mode") & 0o7777
+        if typeflag in (PAX_HEADER_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK):
+            return None
+        if typeflag in REFUSED_TYPES:
+            raise ArchiveError(f"it is {REFUSED_TYPES[typeflag]}, which is refused")
+        kind = MEMBER_KINDS.get(typeflag)
+        if typeflag == GNU_VOLUME_LABEL:
+            kind = "label"
+        elif kind is None:
+            if not b"A" <= typeflag <= b"Z":
+                raise ArchiveError(f"its type {typeflag!r} is not a tar member type")
+            kind = "unknown"  # POSIX: extract as a regular file
+        name = _decoded_name(pax.get(b"path", long_name or raw_name), "name")
+        link = _decoded_name(
+            pax.get(b"linkpath", long_link or _c_string(block[157:257])), "link target"
+        )
+        if b"size" in pax:
+            size = int(pax[b"size"])
+        if b"mtime" in pax:
+            mtime = float(pax[b"mtime"])
+        if kind in ("hardlink", "symlink", "dir") and typeflag != GNU_DUMPDIR and size:
+            raise ArchiveError(f"it is a {kind} with {size} bytes of data")
+        self._remaining = size
+        self._padding = -size % BLOCK_SIZE
+        if kind in ("label", "dir"):
+            self._skip_data()
+        return TarMember(name.rstrip("/") or name, kind, typeflag, size, mode, mtime, link)
+
+
 # ---------------------------------------------------------------------------
 # Safe extraction of the untrusted model archive
 
@@ -561,23 +847,44 @@ if TYPE_CHECKING:  # typing.Protocol is Python 3.8+; only the type checker needs
 
 
 GZIP_MAGIC = b"\x1f\x8b"
-# What bad data raises: bz2 and gzip say OSError without an errno, or EOFError.
-DECODE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
+# What bad data raises: bz2 says OSError without an errno, or EOFError.
+DECODE_ERRORS = (ArchiveError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
-class _GunzipReader:
-    """Decodes gzip from raw: read(size) returns decoded bytes, b"" only at a verified end.
+def _gzip_decompressor() -> Any:
+    return zlib.decompressobj(16 + zlib.MAX_WBITS)
 
-    zlib checks each member's CRC-32 and length. The package must be exactly
-    one member with nothing after it (many=False); an input archive may be
-    several members with zero padding after them, as gzip -d accepts.
+
+DECOMPRESSORS: Dict[str, Callable[[], Any]] = {
+    "gzip": _gzip_decompressor,
+    "bzip2": bz2.BZ2Decompressor,
+    "xz": lzma.LZMADecompressor,
+}
+
+
+class _Decoder:
+    """Decodes gzip, bzip2 or xz from raw: read(size) returns bytes, b"" only at a verified end.
+
+    The decompressors check each stream's own checksums (CRC-32 and length,
+    bzip2's and xz's). The package must be exactly one gzip member with
+    nothing after it (many=False); an input archive may be several streams
+    with zero padding after them, as gzip -d, bzip2 -d and xz -d accept. Any
+    other bytes after a stream are an error, whatever the compression.
     """
 
-    def __init__(self, raw: "_Readable", many: bool, progress: Optional[_Progress] = None) -> None:
+    def __init__(
+        self,
+        raw: "_Readable",
+        compression: str = "gzip",
+        many: bool = True,
+        progress: Optional[_Progress] = None,
+    ) -> None:
         self._raw = raw
+        self._new = DECOMPRESSORS[compression]
+        self._magic = next(magic for magic, name in COMPRESSIONS if name == compression)
         self._many = many
         self._progress = progress
-        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._decompressor = self._new()
         self._input = b""
         self._decoded = 0
 
@@ -586,38 +893,40 @@ class _GunzipReader:
 
     def read(self, size: int) -> bytes:
         while True:
-            if self._inflate.eof and not self._next_member():
+            if self._decompressor.eof and not self._next_stream():
                 return b""
-            data = self._inflate.unconsumed_tail or self._input or self._read_raw()
+            data = self._input or getattr(self._decompressor, "unconsumed_tail", b"")
+            if not data and getattr(self._decompressor, "needs_input", True):
+                data = self._read_raw()
+                if not data:
+                    raise EOFError("the compressed stream ends early")
             self._input = b""
-            if not data:
-                raise zlib.error("the gzip stream ends early")
-            out = self._inflate.decompress(data, size)
+            out: bytes = self._decompressor.decompress(data, size)
             if out:
                 self._decoded += len(out)
                 if self._progress is not None:
                     self._progress.update(self._decoded)
                 return out
 
-    def _next_member(self) -> bool:
-        """After a member: start the next one and return True, or check the end and return False."""
-        rest = self._inflate.unused_data
-        while len(rest) < len(GZIP_MAGIC):
+    def _next_stream(self) -> bool:
+        """After a stream: start the next one and return True, or check the end and return False."""
+        rest = self._decompressor.unused_data
+        while len(rest) < len(self._magic):
             more = self._read_raw()
             if not more:
                 break
             rest += more
         if not rest:
             return False
-        if self._many and rest.startswith(GZIP_MAGIC):
-            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self._many and rest.startswith(self._magic):
+            self._decompressor = self._new()
             self._input = rest
             return True
         while self._many and not rest.strip(b"\0"):
             rest = self._read_raw()
             if not rest:
                 return False
-        raise zlib.error("data follows the gzip stream")
+        raise ArchiveError("data follows the compressed stream")
 
 
 COMPRESSIONS = ((GZIP_MAGIC, "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
@@ -655,13 +964,7 @@ def _decompressed(raw: IO[bytes]) -> "_Readable":
     """The decoder that raw's first bytes call for; plain tar passes through."""
     compression = _compression(raw.read(BLOCK_SIZE))
     raw.seek(0)
-    if compression == "gzip":
-        return _GunzipReader(raw, many=True)
-    if compression == "bzip2":
-        return bz2.BZ2File(raw)
-    if compression == "xz":
-        return lzma.LZMAFile(raw)
-    return raw
+    return raw if compression is None else _Decoder(raw, compression)
 
 
 def _read_up_to(stream: "_Readable", size: int) -> bytes:
@@ -762,26 +1065,22 @@ class _ReadAhead(_ContextManager):
         self._thread.join()
 
 
-def _member_kind(member: tarfile.TarInfo) -> str:
-    if member.isdir():
-        return "dir"
-    if member.issym():
-        return "symlink"
-    if member.islnk():
-        return "hardlink"
-    if member.isreg():
-        return "file"
-    names = {tarfile.CHRTYPE: "character device", tarfile.BLKTYPE: "block device"}
-    what = "FIFO" if member.isfifo() else names.get(member.type, f"type {member.type!r}")
-    raise PackagingError(
-        f"archive member {member.name!r} is a {what}; "
-        "a model archive may hold only files, directories and links"
-    )
-
-
 def _mtime(value: float) -> int:
-    """An integer mtime that every filesystem and tar header can hold."""
-    return max(0, min(int(value), USTAR_MAX_NUMBER))
+    """An integer mtime that every filesystem and tar header can hold (NaN counts as 0)."""
+    if not value < USTAR_MAX_NUMBER:
+        return USTAR_MAX_NUMBER if value == value else 0  # +inf and huge, or NaN
+    return max(0, int(value))
+
+
+class _Node:
+    """A name in the extracted tree: its kind, its children (a dir), its size (a file)."""
+
+    __slots__ = ("children", "kind", "size")
+
+    def __init__(self, kind: str, size: int = 0) -> None:
+        self.kind = kind
+        self.size = size
+        self.children: Dict[str, _Node] = {}
 
 
 class _Extractor:
@@ -789,31 +1088,32 @@ class _Extractor:
 
     Nothing on disk is a symlink while members are written, so a member can
     only land where its checked name says. A name that goes through an earlier
-    symlink, or through a file, is refused.
+    symlink, or through a file, is refused. Names are looked up in a tree of
+    what the archive made, so each check costs time linear in the name.
     """
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.kinds: Dict[str, str] = {"": "dir"}
+        self.root = _Node("dir")
         self.symlinks: Dict[str, str] = {}
         self.dir_mtimes: Dict[str, int] = {}
-        self.size = 0
+        self.size = 0  # bytes of regular files
+        self.linked = 0  # bytes that hard links will copy once the tree is staged
         self.data_filter = getattr(tarfile, "data_filter", None)
 
-    def _walk(self, start: List[str], path: str, member: str, strict: bool = True) -> List[str]:
-        """Apply path to the parts in start; refuse escapes (and, if strict, links on the way)."""
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:
-            raise PackagingError(
-                f"archive member {member!r} has a name that is not valid UTF-8; "
-                "rebuild the archive with UTF-8 names"
-            ) from None
+    def _walk(
+        self, start: List[str], path: str, member: str, strict: bool = True
+    ) -> Tuple[List[str], Optional[_Node]]:
+        """Apply path to the parts in start; refuse escapes (and, if strict, links on the way).
+
+        Returns the resulting parts and the node already at that name, if any.
+        """
         if path.startswith("/"):
             raise PackagingError(
                 f"archive member {member!r} has an absolute path ({path!r}); the archive is unsafe"
             )
         parts = list(start)
+        nodes = self._nodes(start)
         pieces = [piece for piece in path.split("/") if piece not in ("", ".")]
         for index, piece in enumerate(pieces):
             if len(piece.encode("utf-8")) > MAX_NAME_BYTES:
@@ -827,103 +1127,172 @@ class _Extractor:
                         f"({path!r} climbs out through '..'); the archive is unsafe"
                     )
                 parts.pop()
+                nodes.pop()
                 continue
+            parent = nodes[-1]
+            node = parent.children.get(piece) if parent is not None else None
             parts.append(piece)
-            kind = self.kinds.get("/".join(parts))
-            if strict and index < len(pieces) - 1 and kind in ("symlink", "file"):
+            nodes.append(node)
+            if strict and index < len(pieces) - 1 and node is not None and node.kind != "dir":
                 raise PackagingError(
                     f"archive member {member!r} goes through {'/'.join(parts)!r}, which is a "
-                    f"{kind}; writing through links or files is refused"
+                    f"{node.kind}; writing through links or files is refused"
                 )
-        return parts
+        return parts, nodes[-1]
 
-    def add(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        kind = _member_kind(member)
-        parts = self._walk([], member.name, member.name)
+    def _nodes(self, parts: List[str]) -> List[Optional[_Node]]:
+        """The nodes from the root along parts (None past a name the archive has not made)."""
+        nodes: List[Optional[_Node]] = [self.root]
+        for piece in parts:
+            parent = nodes[-1]
+            nodes.append(parent.children.get(piece) if parent is not None else None)
+        return nodes
+
+    def add(self, reader: TarReader, member: TarMember) -> None:
+        kind, link = self._kind(member), member.linkname
+        parts, existing = self._walk([], member.name, member.name)
         if not parts:
             if kind == "dir":
                 return
             raise PackagingError(f"archive member {member.name!r} has an empty name")
-        name = "/".join(parts)
-        link_parts = self._check_link(member, kind, parts)
-        if self.data_filter is not None:
-            try:
-                self.data_filter(member, str(self.dest))
-            except tarfile.FilterError as exc:
-                raise PackagingError(f"archive member {member.name!r} is unsafe: {exc}") from None
+        if kind == "hardlink":
+            kind, link, target = self._hard_link_target(member, parts)
+        elif kind == "symlink":
+            self._check_symlink(member.name, link, parts)
+        self._apply_data_filter(member, kind, link)
         mtime = _mtime(member.mtime)
-        self._make_parents(parts, mtime)
-        path = self.dest.joinpath(*parts)
-        self._replace(name, kind, path)
+        parent = self._make_parents(parts, mtime)
+        name, path = "/".join(parts), self.dest.joinpath(*parts)
+        self._replace(name, existing, kind, path)
         if kind == "dir":
             path.mkdir(exist_ok=True)
+            parent.children.setdefault(parts[-1], _Node("dir"))
             self.dir_mtimes[name] = mtime
-        elif kind == "symlink":
-            self.symlinks[name] = member.linkname
-        elif kind == "hardlink":
-            os.link(self.dest.joinpath(*link_parts), path)
+            return
+        if kind == "symlink":
+            self.symlinks[name] = link
+            parent.children[parts[-1]] = _Node("symlink")
+            return
+        if kind == "hardlink":
+            os.link(self.dest.joinpath(*target[0]), path)
+            self.linked += target[1].size
+            size = target[1].size
         else:
-            self._write_file(tar, member, path, mtime)
-        self.kinds[name] = "file" if kind == "hardlink" else kind
+            self._write_file(reader, member, path, mtime)
+            size = member.size
+        parent.children[parts[-1]] = _Node("file", size)
 
-    def _check_link(self, member: tarfile.TarInfo, kind: str, parts: List[str]) -> List[str]:
-        """Check a link's target; return the target's parts for a hard link."""
-        if kind not in ("symlink", "hardlink"):
-            return []
-        target = member.linkname
+    def _kind(self, member: TarMember) -> str:
+        """What the member is; devices and FIFOs are refused, unknown types become files."""
+        if member.kind in ("file", "dir", "symlink", "hardlink"):
+            return member.kind
+        if member.kind == "unknown":
+            log.warning(
+                "archive member %r has type %r, which tar does not define; it is extracted as a "
+                "regular file, as POSIX asks",
+                member.name,
+                member.typeflag.decode("ascii"),
+            )
+            return "file"
+        raise PackagingError(
+            f"archive member {member.name!r} is a {member.kind}; "
+            "a model archive may hold only files, directories and links"
+        )
+
+    def _check_target(self, member: str, target: str) -> None:
         if not target or target.startswith("/"):
             raise PackagingError(
-                f"archive member {member.name!r} links to {target!r}, an absolute or empty "
+                f"archive member {member!r} links to {target!r}, an absolute or empty "
                 "target; the archive is unsafe"
             )
-        if kind == "symlink":
-            self._walk(parts[:-1], target, member.name, strict=False)
-            return []
-        target_parts = self._walk([], target, member.name)
-        if self.kinds.get("/".join(target_parts)) != "file" or target_parts == parts:
+
+    def _check_symlink(self, member: str, target: str, parts: List[str]) -> None:
+        """A symlink's target must stay inside the archive, seen from where the link is."""
+        self._check_target(member, target)
+        self._walk(parts[:-1], target, member, strict=False)
+
+    def _hard_link_target(
+        self, member: TarMember, parts: List[str]
+    ) -> Tuple[str, str, Tuple[List[str], _Node]]:
+        """(kind, symlink target, (target parts, target node)) for a hard link.
+
+        A hard link to a file is a second name for it. A hard link to a symlink
+        is that symlink again (as link(2) makes it), so it becomes a symlink
+        with the same target, checked from its own place.
+        """
+        self._check_target(member.name, member.linkname)
+        target_parts, node = self._walk([], member.linkname, member.name)
+        if node is not None and node.kind == "symlink" and target_parts != parts:
+            target = self.symlinks["/".join(target_parts)]
+            self._check_symlink(member.name, target, parts)
+            return "symlink", target, (target_parts, node)
+        if node is None or node.kind != "file" or target_parts == parts:
             raise PackagingError(
-                f"archive member {member.name!r} is a hard link to {target!r}, "
+                f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
                 "which is not a file extracted before it"
             )
-        return target_parts
+        return "hardlink", "", (target_parts, node)
 
-    def _make_parents(self, parts: List[str], mtime: int) -> None:
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent not in self.kinds:
-                self.dest.joinpath(*parts[:depth]).mkdir()
-                self.kinds[parent] = "dir"
-                self.dir_mtimes[parent] = mtime
-
-    def _replace(self, name: str, kind: str, path: Path) -> None:
-        """The later member of a name wins, as with tar; a directory is never replaced."""
-        earlier = self.kinds.get(name)
-        if earlier is None or (earlier == "dir" and kind == "dir"):
+    def _apply_data_filter(self, member: TarMember, kind: str, link: str) -> None:
+        """tarfile's data filter, where this Python has it: a second net under the checks above."""
+        if self.data_filter is None:
             return
-        if earlier == "dir":
+        info = tarfile.TarInfo(member.name)
+        info.type = TAR_TYPES[kind]
+        info.linkname = link if kind == "symlink" else member.linkname
+        info.mode = member.mode
+        info.size = member.size if kind == "file" else 0
+        try:
+            self.data_filter(info, str(self.dest))
+        except tarfile.FilterError as exc:
+            raise PackagingError(f"archive member {member.name!r} is unsafe: {exc}") from None
+
+    def _make_parents(self, parts: List[str], mtime: int) -> _Node:
+        """Create the member's missing parent directories; return its parent's node."""
+        node = self.root
+        path = self.dest
+        for depth, piece in enumerate(parts[:-1]):
+            path = path / piece
+            child = node.children.get(piece)
+            if child is None:
+                path.mkdir()
+                child = node.children[piece] = _Node("dir")
+                self.dir_mtimes["/".join(parts[: depth + 1])] = mtime
+            node = child
+        return node
+
+    def _replace(self, name: str, existing: Optional[_Node], kind: str, path: Path) -> None:
+        """The later member of a name wins, as with tar; a directory is never replaced."""
+        if existing is None or (existing.kind == "dir" and kind == "dir"):
+            return
+        if existing.kind == "dir":
             raise PackagingError(
                 f"archive member {name!r} would replace a directory of the same name; "
                 "the archive is inconsistent"
             )
-        if earlier == "symlink":
+        if existing.kind == "symlink":
             del self.symlinks[name]
         else:
             path.unlink()
 
-    def _write_file(
-        self, tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, mtime: int
-    ) -> None:
-        source = tar.extractfile(member)
-        assert source is not None
+    def _write_file(self, reader: TarReader, member: TarMember, path: Path, mtime: int) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         with open(os.open(path, flags, 0o600), "wb") as out:
-            shutil.copyfileobj(source, out, IO_BLOCK_SIZE)
+            for piece in reader.data():
+                out.write(piece)
             os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
         os.utime(path, (mtime, mtime))
         self.size += member.size
 
-    def finish(self) -> None:
-        """Create the deferred symlinks, then give directories their archive mtimes."""
+    def finish(self, archive: Path) -> None:
+        """Check what hard links multiply, create the deferred symlinks, set directory mtimes."""
+        allowed = LINK_EXPANSION_LIMIT * self.size + LINK_EXPANSION_ALLOWANCE
+        if self.linked > allowed:
+            raise PackagingError(
+                f"hard links in the model archive {archive} would copy {_human(self.linked)} "
+                f"from {_human(self.size)} of files, more than {LINK_EXPANSION_LIMIT}-fold; "
+                "store the files once, without hard links"
+            )
         for name, target in self.symlinks.items():
             os.symlink(target, self.dest / name)
         for name, mtime in self.dir_mtimes.items():
@@ -934,30 +1303,23 @@ def extract_archive(archive: Path, dest: Path) -> int:
     """Extract the untrusted model archive into the empty directory dest; return its file bytes.
 
     The archive is read once, start to end: its integrity checks (gzip CRC-32
-    and length, bzip2 and xz checks) run on the bytes after the tar end marker
-    too, which tarfile alone never reads.
+    and length, bzip2 and xz checks) run on every byte, those after the tar
+    end marker included.
     """
     extractor = _Extractor(dest)
     progress = _Progress("extract", archive.stat().st_size)
     with open(archive, "rb", buffering=0) as raw:
         try:
             with _ReadAhead(_decompressed(raw)) as stream:
-                with tarfile.open(
-                    fileobj=cast(IO[bytes], stream),
-                    mode="r|",
-                    bufsize=IO_BLOCK_SIZE,
-                    encoding="utf-8",
-                ) as tar:
-                    for member in tar:
-                        extractor.add(tar, member)
-                        progress.update(raw.tell())
-                while stream.read(IO_BLOCK_SIZE):
+                reader = TarReader(stream)
+                for member in reader.members():
+                    extractor.add(reader, member)
                     progress.update(raw.tell())
         except DECODE_ERRORS as exc:
             if not _is_bad_data(exc):
                 raise
             raise _corrupt(archive, exc) from None
-    extractor.finish()
+    extractor.finish(archive)
     return extractor.size
 
 
@@ -967,9 +1329,9 @@ def _is_bad_data(exc: BaseException) -> bool:
 
 
 def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
+    what = str(exc) if isinstance(exc, ArchiveError) else f"{type(exc).__name__}: {exc}"
     return PackagingError(
-        f"model archive {archive} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-        "upload it again or rebuild it"
+        f"model archive {archive} is corrupt or truncated ({what}); upload it again or rebuild it"
     )
 
 
@@ -1316,13 +1678,6 @@ def write_tar(members: List[Member], sink: GzipWriter) -> List[Record]:
 # Verification: read the package back from disk
 
 
-def _sha256_of(stream: IO[bytes]) -> str:
-    digest = hashlib.sha256()
-    for block in iter(lambda: stream.read(IO_BLOCK_SIZE), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
 class _HashingReader:
     """Passes reads through, hashing the bytes: the package file's SHA-256 for the log."""
 
@@ -1339,19 +1694,21 @@ class _HashingReader:
 def _decode_package(raw: "_Readable", progress: Optional[_Progress]) -> Tuple[List[Record], str]:
     """Decode a package from raw; return its members (with SHA-256s) and the file's SHA-256."""
     hashed = _HashingReader(raw)
-    reader = _GunzipReader(hashed, many=False, progress=progress)
+    reader = TarReader(_Decoder(hashed, many=False, progress=progress))
     records = []
     try:
-        with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|", bufsize=IO_BLOCK_SIZE) as tar:
-            for info in tar:
-                content = tar.extractfile(info) if info.isreg() else None
-                digest = _sha256_of(content) if content is not None else ""
-                records.append(
-                    Record(info.name, info.type, info.size, info.mode, int(info.mtime), digest)
-                )
-        while reader.read(IO_BLOCK_SIZE):
-            pass
-    except (tarfile.TarError, zlib.error) as exc:
+        for member in reader.members():
+            digest = hashlib.sha256()
+            for piece in reader.data():
+                digest.update(piece)
+            content = digest.hexdigest() if member.kind == "file" else ""
+            mtime = int(member.mtime)
+            records.append(
+                Record(member.name, member.typeflag, member.size, member.mode, mtime, content)
+            )
+    except DECODE_ERRORS as exc:
+        if not _is_bad_data(exc):
+            raise
         raise PackagingError(f"the package does not decode: {exc}") from None
     return records, hashed.sha256.hexdigest()
 

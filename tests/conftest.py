@@ -110,14 +110,32 @@ def files_of(path: Path) -> dict[str, bytes]:
     return {name: e.data for name, e in read_package(path).items() if e.type == "file"}
 
 
+WITHOUT_DATA_FILTER = "MIMS_TEST_WITHOUT_DATA_FILTER"
+# Runs the script as __main__ with tarfile.data_filter deleted, as on Python 3.7.
+NO_FILTER_LAUNCHER = (
+    "import runpy, sys, tarfile\n"
+    "if hasattr(tarfile, 'data_filter'):\n"
+    "    del tarfile.data_filter\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+)
+
+
+def without_data_filter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In this test, the script runs without tarfile's data filter, in-process and in run_cli."""
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    monkeypatch.setenv(WITHOUT_DATA_FILTER, "1")
+
+
 def run_cli(*args: Any, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
     """Run the script as a subprocess; return the CompletedProcess (text output)."""
     full_env = {
         k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "WORKING_DIRECTORY")
     }
     full_env.update(env or {})
+    launcher = ["-c", NO_FILTER_LAUNCHER] if os.environ.get(WITHOUT_DATA_FILTER) else []
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
+        [sys.executable, *launcher, str(SCRIPT), *map(str, args)],
         capture_output=True,
         text=True,
         env=full_env,

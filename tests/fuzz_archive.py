@@ -7,9 +7,16 @@ Each input is written as model/model.tar.gz in a fresh sandbox and packaged with
 package(). A PackagingError is the expected refusal. Any other exception, a file
 appearing anywhere in the sandbox but the output dir, or a package whose members
 are not plain relative files and dirs is a finding. CORPUS_DIR is created if
-missing and seeded with valid archives (each compression, links, dirs, ./ names),
-so mutations reach deep into extraction; libFuzzer adds what it finds there.
-tests/test_fuzz.py runs check_one() in the default suite on hypothesis-made inputs.
+missing and seeded with valid archives (each compression, links, dirs, ./ names,
+PAX headers), so mutations reach deep into extraction; libFuzzer adds what it
+finds there.
+
+Bytes flipped inside a compressed stream only break its checksum, so most
+mutants would never get past the decoder. mutate_tar() mutates the tar layer
+instead: header fields (names, octal numbers, type letters, link targets) and
+PAX records, with each header's checksum recomputed, and the result is
+compressed again after mutation. The atheris run uses it as its custom mutator;
+tests/test_fuzz.py drives check_one() with it and with hypothesis in the suite.
 """
 
 from __future__ import annotations
@@ -18,9 +25,11 @@ import bz2
 import gzip
 import io
 import lzma
+import random
 import sys
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +46,7 @@ def _seed_tar() -> bytes:
             ("./sub/link", tarfile.SYMTYPE, "vocab.json"),
             ("./alias.bin", tarfile.LNKTYPE, "weights.bin"),
             ("./code/inference.py", tarfile.REGTYPE, "def model_fn(d): pass"),
+            ("./données/" + "long" * 30 + ".bin", tarfile.REGTYPE, "a PAX path record"),
         ]:
             info = tarfile.TarInfo(name)
             info.type = kind
@@ -54,12 +64,146 @@ def seed_corpus() -> list[bytes]:
     return [gzip.compress(plain, 6, mtime=0), bz2.compress(plain), lzma.compress(plain), plain]
 
 
+# The tar-layer mutator: what a hostile or broken archive can say in its headers.
+FIELDS = {  # name: (offset, length) in a ustar header block
+    "name": (0, 100),
+    "mode": (100, 8),
+    "uid": (108, 8),
+    "size": (124, 12),
+    "mtime": (136, 12),
+    "type": (156, 1),
+    "linkname": (157, 100),
+    "magic": (257, 8),
+    "prefix": (345, 155),
+}
+VALUES = [
+    b"",
+    b"0",
+    b"0000644\0",
+    b"7777777\0",
+    b"zzzzzzzzzzz\0",
+    b"-0000001\0",
+    b"\x80\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00",
+    b"\xff" * 12,
+    b"99999999999\0",
+    b"../escape",
+    b"/abs/path",
+    b"a/../../b",
+    b"sub/link/through",
+    b"alias.bin",
+    b"weights.bin",
+    b"\xff\xfe not utf-8",
+    b"a\nb\x1b[31m",
+    b"ustar\x0000",
+    b"ustar  \0",
+]
+TYPE_LETTERS = b"0125LKxgVDAZ3467S\0"
+PAX_RECORDS = [
+    b"path=../escape",
+    b"path=/abs",
+    b"path=a\x00b",
+    b"linkpath=../../x",
+    b"linkpath=/etc/passwd",
+    b"size=99999999999999",
+    b"size=-1",
+    b"mtime=nan",
+    b"mtime=1e400",
+    b"mtime=-5",
+    b"uid=x",
+    b"GNU.sparse.map=0,1,x",
+    b"GNU.sparse.size=12",
+    b"hdrcharset=BINARY",
+    b"path=" + "é".encode() * 40,
+    b"comment=" + b"9" * 5000,
+]
+
+
+def header_offsets(tar: bytes) -> list[int]:
+    """Where each header block of a tar stream starts, as far as its size fields can be read."""
+    offsets, position = [], 0
+    while position + 512 <= len(tar):
+        block = tar[position : position + 512]
+        if not block.strip(b"\0"):
+            break
+        offsets.append(position)
+        try:
+            size = int(block[124:136].strip(b" \0") or b"0", 8)
+        except ValueError:
+            break
+        position += 512 + -(-size // 512) * 512
+    return offsets
+
+
+def with_checksum(block: bytearray) -> None:
+    """Recompute a header block's checksum in place, as a valid header would have it."""
+    block[148:156] = b" " * 8
+    block[148:155] = b"%06o\0" % sum(block)
+
+
+def _pax_header(record: bytes) -> bytes:
+    """A PAX extended header holding one record, packed by the script's own codec."""
+    import mims_package
+
+    keyword, _, value = record.partition(b"=")
+    records = mims_package._pax_record(keyword, value)
+    header = mims_package._ustar_block(b"././@PaxHeader", b"x", len(records), 0o644, 0)
+    return header + records + mims_package._padding(len(records))
+
+
+def mutate_tar(tar: bytes, rng: random.Random, edits: int) -> bytes:
+    """edits mutations of the tar layer, every header still passing its checksum."""
+    data = bytearray(tar)
+    for _ in range(edits):
+        offsets = header_offsets(bytes(data))
+        if not offsets:
+            break
+        at = rng.choice(offsets)
+        if rng.random() < 0.25:  # a PAX header with one odd record, before this member
+            data[at:at] = _pax_header(rng.choice(PAX_RECORDS))
+            continue
+        block = bytearray(data[at : at + 512])
+        field = rng.choice(sorted(FIELDS))
+        start, length = FIELDS[field]
+        if field == "type":
+            value = bytes([rng.choice(TYPE_LETTERS)])
+        elif rng.random() < 0.8:
+            value = rng.choice(VALUES)
+        else:
+            value = bytes(rng.randrange(256) for _ in range(rng.randrange(length + 1)))
+        block[start : start + length] = value[:length].ljust(length, b"\0")
+        with_checksum(block)
+        data[at : at + 512] = block
+    return bytes(data)
+
+
+def plain_tar(data: bytes) -> tuple[bytes, bool]:
+    """The tar inside data and whether it was gzip'd; other compressions are left as they are."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            return zlib.decompress(data, 16 + zlib.MAX_WBITS), True
+        except zlib.error:
+            return data, False
+    return data, False
+
+
+def mutated(data: bytes, rng: random.Random) -> bytes:
+    """data with its tar layer mutated, compressed again (gzip) if it was, or by chance."""
+    tar, was_gzip = plain_tar(data)
+    result = mutate_tar(tar, rng, rng.randint(1, 3))
+    if was_gzip or rng.random() < 0.5:
+        return gzip.compress(result, 1, mtime=0)
+    return result
+
+
 def _tree(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")}
 
 
-def check_one(data: bytes) -> None:
-    """Package data as the model archive in a fresh sandbox; raise if anything is wrong."""
+def check_one(data: bytes) -> str:
+    """Package data as the model archive in a fresh sandbox; return "packaged" or "refused".
+
+    Raises AssertionError (or whatever escaped the job) if anything is wrong.
+    """
     import mims_package
 
     with tempfile.TemporaryDirectory(prefix="mims-fuzz-") as scratch:
@@ -83,12 +227,23 @@ def check_one(data: bytes) -> None:
         assert after == before, f"written outside staging: {sorted(after - before)}"
         if package is None:
             assert list((sandbox / "out").iterdir()) == [], "a refusal left output behind"
-            return
+            return "refused"
         with tarfile.open(package, "r:gz") as tar:
             for info in tar:
                 assert info.isreg() or info.isdir(), f"{info.name} is not a file or dir"
                 parts = info.name.split("/")
                 assert not info.name.startswith("/") and ".." not in parts, info.name
+        return "packaged"
+
+
+def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+    """atheris: half libFuzzer's byte mutations, half the tar-layer mutator's."""
+    import atheris
+
+    rng = random.Random(seed)
+    if rng.random() < 0.5:
+        return bytes(atheris.Mutate(data, max_size))
+    return mutated(data, rng)[:max_size]
 
 
 def main() -> None:
@@ -106,7 +261,7 @@ def main() -> None:
     corpus.mkdir(parents=True, exist_ok=True)
     for index, seed in enumerate(seed_corpus()):
         (corpus / f"seed{index}").write_bytes(seed)
-    atheris.Setup(sys.argv, check_one)
+    atheris.Setup(sys.argv, check_one, custom_mutator=custom_mutator)
     atheris.Fuzz()
 
 

@@ -110,9 +110,14 @@ def test_a_missing_work_dir_is_created_with_its_parents(job: Job) -> None:
 
 
 def test_a_failed_run_leaves_no_output_dir_it_made(job: Job) -> None:
-    write_tree(job.model, {"model.tar.gz": b"\x1f\x8b" + os.urandom(100)})
+    """The archive starts well (so the job gets as far as making the output) and then breaks."""
+    trained = write_tree(job.tmp / "trained", {"a.bin": os.urandom(300_000), "b.bin": b"b"})
+    archive = archive_tree(trained, job.model / "model.tar.gz").read_bytes()
+    (job.model / "model.tar.gz").write_bytes(archive[: len(archive) // 2])
     output = job.tmp / "build" / "package"
-    assert_refused(job.cli("--output-dir", output), job, "corrupt")
+    result = job.cli("--output-dir", output)
+    assert_refused(result, job, "corrupt or truncated")
+    assert "free space: staging" in result.stdout  # it did get past the input checks
     assert not (job.tmp / "build").exists()
 
 
@@ -149,3 +154,14 @@ def test_log_level_in_any_case(job: Job) -> None:
     result = job.cli("--log-level", "debug")
     assert result.returncode == 0, result.stderr
     assert " DEBUG   xgboost_model.bst (7 bytes, mode 644)" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["model", "script", "calibration"])
+def test_a_fifo_in_a_loose_input_is_refused_not_skipped(job: Job, where: str) -> None:
+    write_tree(job.model, MODEL)
+    calibration = write_tree(job.tmp / "calibration", {"calibration_model.pkl": b"c"})
+    root = {"model": job.model, "script": job.script, "calibration": calibration}[where]
+    write_tree(root, {"real.txt": "x"})
+    os.mkfifo(root / "pipe")
+    result = job.cli("--calibration-dir", calibration)
+    assert_refused(result, job, f"{root / 'pipe'} is not a regular file, directory or symlink")

@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""Mutation check, run by hand: plant one realistic bug at a time and see whether a test fails.
+
+    python3 tests/mutants.py                 every mutant (about 10 minutes on 2 cores)
+    python3 tests/mutants.py fsync verify    only the mutants whose name contains a word
+
+Each mutant is a list of exact source edits to mims_package.py, made in a copy of
+the repository; the copy's tests that cover that part of the script then run with
+pytest -x. A mutant is killed when they fail (or hang past TIMEOUT seconds), and
+survives when they pass: a survivor is a bug the suite would not notice. The edits
+must each match exactly once, so a refactor that moves the code is reported, not
+silently skipped. The mutants cover what must never be wrong: safe extraction,
+staging, verification, the gzip writer's framing, cleanup and failure handling.
+It is not part of the suite or of CI; it exits 1 if anything survives.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 180
+
+EXTRACTION = ["tests/test_security.py", "tests/test_interpreters.py", "tests/test_properties.py"]
+STAGING = ["tests/test_symlinks.py", "tests/test_layout.py", "tests/test_names.py"]
+VERIFICATION = ["tests/test_integrity.py", "tests/test_verification.py"]
+GZIP = ["tests/test_gzip_writer.py", "tests/test_verification.py"]
+CLEANUP = ["tests/test_faults.py", "tests/test_signals.py", "tests/test_inputs.py"]
+FAILURES = ["tests/test_contract.py", "tests/test_faults.py", "tests/test_container.py"]
+READER = ["tests/test_tar_reader.py", "tests/test_integrity.py", "tests/test_security.py"]
+
+
+@dataclass
+class Mutant:
+    name: str
+    edits: list[tuple[str, str]]
+    tests: list[str]
+
+
+MUTANTS = [
+    # Safe extraction: the script's own checks, each removed or weakened.
+    Mutant(
+        "extract: a leading '..' is ignored",
+        [
+            (
+                "                if not parts:\n                    raise PackagingError(\n"
+                '                        f"archive member {member!r} points outside the archive "',
+                "                if not parts:\n                    continue\n"
+                "                    raise PackagingError(\n"
+                '                        f"archive member {member!r} points outside the archive "',
+            )
+        ],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: absolute names allowed",
+        [('        if path.startswith("/"):\n', "        if False:\n")],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: writing through a symlink allowed",
+        [
+            (
+                "if strict and index < len(pieces) - 1 and node is not None "
+                'and node.kind != "dir":',
+                "if False:",
+            )
+        ],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: symlink targets unchecked",
+        [("        self._walk(parts[:-1], target, member, strict=False)\n", "")],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: absolute link targets allowed",
+        [('        if not target or target.startswith("/"):', "        if not target:")],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: hard links to anything",
+        [
+            (
+                '        if node is None or node.kind != "file" or target_parts == parts:',
+                "        if 0:",
+            )
+        ],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: devices and FIFOs become files",
+        [
+            (
+                "        raise PackagingError(\n"
+                '            f"archive member {member.name!r} is a {member.kind}; "',
+                '        return "file"\n        raise PackagingError(\n'
+                '            f"archive member {member.name!r} is a {member.kind}; "',
+            )
+        ],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: a directory may be replaced",
+        [
+            (
+                '        if existing.kind == "dir":\n            raise PackagingError(',
+                '        if existing.kind == "never":\n            raise PackagingError(',
+            )
+        ],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: hard links may multiply the files without bound",
+        [("        if self.linked > allowed:", "        if False:")],
+        EXTRACTION,
+    ),
+    # The tar reader, shared by extraction and verification.
+    Mutant(
+        "reader: bytes after the end marker are not read (CRC unchecked, garbage allowed)",
+        [
+            (
+                "        while True:\n            rest = self._take(IO_BLOCK_SIZE)",
+                "        while False:\n            rest = self._take(IO_BLOCK_SIZE)",
+            )
+        ],
+        READER,
+    ),
+    Mutant(
+        "reader: a damaged header is read anyway",
+        [("        if not _is_tar_header(block):\n", "        if False:\n")],
+        READER,
+    ),
+    Mutant(
+        "reader: one zero block is taken for the end",
+        [("        if self._take(BLOCK_SIZE) != bytes(BLOCK_SIZE):", "        if False:")],
+        READER,
+    ),
+    Mutant(
+        "reader: no end marker needed",
+        [
+            (
+                "            if len(block) < BLOCK_SIZE:\n                raise ArchiveError(",
+                "            if len(block) < BLOCK_SIZE:\n                return\n"
+                "                raise ArchiveError(",
+            )
+        ],
+        READER,
+    ),
+    Mutant(
+        "reader: extended headers of any size",
+        [("        if size > MAX_EXTENDED_HEADER:", "        if False:")],
+        READER,
+    ),
+    Mutant(
+        "reader: names of any length",
+        [("    if len(raw) > MAX_PATH_BYTES:", "    if False:")],
+        READER,
+    ),
+    Mutant(
+        "reader: PAX numbers unchecked",
+        [("            _pax_number(value, keyword, keyword in TIME_PAX_KEYWORDS)\n", "")],
+        READER,
+    ),
+    Mutant(
+        "reader: sparse members accepted",
+        [('        if keyword.startswith(b"GNU.sparse."):', "        if False:")],
+        READER,
+    ),
+    Mutant(
+        "reader: octal fields unchecked",
+        [('    if digits.strip(b"01234567"):', "    if False:")],
+        READER,
+    ),
+    Mutant(
+        "decoder: data after a compressed stream allowed",
+        [
+            (
+                '        raise ArchiveError("data follows the compressed stream")',
+                "        return False",
+            )
+        ],
+        [*VERIFICATION, *READER],
+    ),
+    # Staging: loose inputs.
+    Mutant(
+        "stage: a FIFO in a loose input is skipped",
+        [
+            (
+                "            else:\n                raise PackagingError(\n"
+                '                    f"{path} is not a regular file, directory or symlink; ',
+                "            else:\n                continue\n"
+                "                raise PackagingError(\n"
+                '                    f"{path} is not a regular file, directory or symlink; ',
+            )
+        ],
+        STAGING,
+    ),
+    Mutant(
+        "stage: a relative symlink may climb out",
+        [
+            (
+                "            if not resolved:\n                raise PackagingError(",
+                "            if not resolved:\n                continue\n"
+                "                raise PackagingError(",
+            )
+        ],
+        STAGING,
+    ),
+    Mutant(
+        "stage: an absolute symlink may point outside",
+        [("            if not _is_inside(real, root):", "            if False:")],
+        STAGING,
+    ),
+    Mutant(
+        "stage: directory loops not detected",
+        [("                if key in ancestors:", "                if False:")],
+        STAGING,
+    ),
+    Mutant(
+        "stage: no expansion budget",
+        [("            if budget < 0:", "            if False:")],
+        ["tests/test_security.py", *STAGING],
+    ),
+    Mutant(
+        "stage: names not checked for UTF-8",
+        [("            _check_name(path)\n", "")],
+        STAGING,
+    ),
+    # Verification.
+    Mutant(
+        "verify: compares SHA-256 only",
+        [
+            (
+                "    if found != expected:",
+                "    if [r.sha256 for r in found] != [r.sha256 for r in expected]:",
+            )
+        ],
+        VERIFICATION,
+    ),
+    Mutant(
+        "verify: no fsync before the end is read back",
+        [("        os.fsync(self._out.fileno())\n", "")],
+        VERIFICATION,
+    ),
+    Mutant(
+        "verify: the read-back decodes from memory, not from the file",
+        [
+            (
+                "        self._out.write(data)\n        self._out.flush()\n",
+                "        self._out.write(data)\n        self._out.flush()\n"
+                '        self.__dict__.setdefault("_memory", bytearray()).extend(data)\n',
+            ),
+            (
+                "        data = self._source.read(size)\n",
+                '        data = bytes(self.__dict__.get("_memory", b"")'
+                "[self._position : self._position + size])\n",
+            ),
+        ],
+        VERIFICATION,
+    ),
+    Mutant(
+        "verify: the changed-size check removed",
+        [("    if copied != member.size:", "    if False:")],
+        VERIFICATION,
+    ),
+    # The gzip writer's framing.
+    Mutant(
+        "gzip: no final block",
+        [
+            (
+                '        self._out.write(b"\\x03\\x00" + struct.pack(',
+                "        self._out.write(struct.pack(",
+            )
+        ],
+        GZIP,
+    ),
+    Mutant(
+        "gzip: CRC combined with the wrong length",
+        [
+            (
+                "        self._crc = crc32_combine(self._crc, crc, length)",
+                "        self._crc = crc32_combine(self._crc, crc, length + 1)",
+            )
+        ],
+        GZIP,
+    ),
+    Mutant(
+        "gzip: trailer length off by one",
+        [
+            (
+                'struct.pack("<II", self._crc, self.size & 0xFFFFFFFF)',
+                'struct.pack("<II", self._crc, (self.size + 1) & 0xFFFFFFFF)',
+            )
+        ],
+        GZIP,
+    ),
+    Mutant(
+        "gzip: chunks not primed with the window before them",
+        [("        self._window = chunk[-WINDOW_SIZE:]", '        self._window = b""')],
+        GZIP,
+    ),
+    Mutant(
+        "gzip: no cap on chunks in flight",
+        [("        if len(self._in_flight) >= self._max_in_flight:", "        if False:")],
+        GZIP,
+    ),
+    Mutant(
+        "gzip: pieces end with a final block",
+        [("deflate.flush(zlib.Z_SYNC_FLUSH)", "deflate.flush(zlib.Z_FINISH)")],
+        GZIP,
+    ),
+    # Cleanup.
+    Mutant(
+        "cleanup: the staging dir is left behind",
+        [("            _remove_tree(path)\n", "            pass\n")],
+        CLEANUP,
+    ),
+    Mutant(
+        "cleanup: the partial package is left behind",
+        [
+            (
+                "        with contextlib.suppress(FileNotFoundError):\n            path.unlink()",
+                "        pass",
+            )
+        ],
+        CLEANUP,
+    ),
+    Mutant(
+        "cleanup: an output dir made by a failed run is left behind",
+        [("                directory.rmdir()\n", "                pass\n")],
+        CLEANUP,
+    ),
+    # Failure handling.
+    Mutant(
+        "failure: no message file for SageMaker",
+        [('        path.write_text(message, encoding="utf-8")', "        pass")],
+        FAILURES,
+    ),
+    Mutant(
+        "failure: the message is not cut to 1 KiB",
+        [("[:MAX_MESSAGE_BYTES]", "")],
+        FAILURES,
+    ),
+    Mutant(
+        "failure: always taken for a processing job",
+        [
+            (
+                "    return Path(JOB_CONFIG_PATH).exists() or Path(FAILURE_MESSAGE_PATH)",
+                "    return True or Path(JOB_CONFIG_PATH).exists() or Path(FAILURE_MESSAGE_PATH)",
+            )
+        ],
+        FAILURES,
+    ),
+    Mutant(
+        "failure: a stop exits 1, not 128 + signal",
+        [("        return 128 + exc.signum", "        return 1")],
+        ["tests/test_signals.py", "tests/test_faults.py"],
+    ),
+    Mutant(
+        "failure: an error exits 0",
+        [
+            (
+                "    except Exception:\n        return 1\n",
+                "    except Exception:\n        return 0\n",
+            )
+        ],
+        FAILURES,
+    ),
+]
+
+
+def mutate(source: str, mutant: Mutant) -> str:
+    for old, new in mutant.edits:
+        count = source.count(old)
+        if count != 1:
+            raise SystemExit(f"{mutant.name}: the edit matches {count} times, not once: {old!r}")
+        source = source.replace(old, new)
+    return source
+
+
+def run(mutant: Mutant, source: str) -> tuple[str, float]:
+    """'killed', 'killed (timeout)' or 'SURVIVED', and the seconds it took."""
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mims-mutant-") as scratch:
+        copy = Path(scratch) / "repo"
+        shutil.copytree(
+            ROOT,
+            copy,
+            ignore=shutil.ignore_patterns(".git", "__pycache__", ".*_cache", ".hypothesis"),
+        )
+        (copy / "mims_package.py").write_text(mutate(source, mutant))
+        tests = [t for t in mutant.tests if (copy / t).exists()]
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                cwd=copy,
+                capture_output=True,
+                timeout=TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            return "killed (timeout)", time.monotonic() - start
+    verdict = "SURVIVED" if result.returncode == 0 else "killed"
+    return verdict, time.monotonic() - start
+
+
+def main() -> int:
+    words = sys.argv[1:]
+    source = (ROOT / "mims_package.py").read_text()
+    chosen = [m for m in MUTANTS if not words or any(w in m.name for w in words)]
+    for mutant in chosen:
+        mutate(source, mutant)  # every edit must still apply before anything runs
+    survivors = []
+    for mutant in chosen:
+        verdict, seconds = run(mutant, source)
+        print(f"{verdict:17} {seconds:6.1f} s  {mutant.name}", flush=True)
+        if verdict == "SURVIVED":
+            survivors.append(mutant.name)
+    print(f"{len(chosen) - len(survivors)} killed, {len(survivors)} survived of {len(chosen)}")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
