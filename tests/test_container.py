@@ -13,9 +13,17 @@ import re
 import shutil
 from pathlib import Path
 
-from conftest import EXAMPLE, ROOT, SCRIPT, files_of, in_namespace, needs_unshare, write_tree
-
-pytestmark = needs_unshare
+import pytest
+from conftest import (
+    EXAMPLE,
+    ROOT,
+    SCRIPT,
+    files_of,
+    in_namespace,
+    needs_unshare,
+    unshare_problem,
+    write_tree,
+)
 
 LAYOUT = r"""
 set -eu
@@ -76,6 +84,7 @@ def run_container(tmp: Path) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+@needs_unshare
 def test_the_container_packages_the_example(tmp_path: Path) -> None:
     write_tree(
         tmp_path / "model", {"model.tar.gz": (EXAMPLE / "model" / "model.tar.gz").read_bytes()}
@@ -105,6 +114,7 @@ def test_the_container_packages_the_example(tmp_path: Path) -> None:
     assert (tmp_path / "processing-dir").read_text().split() == ["input", "output"]
 
 
+@needs_unshare
 def test_the_container_reports_a_corrupt_input(tmp_path: Path) -> None:
     archive = (EXAMPLE / "model" / "model.tar.gz").read_bytes()
     write_tree(tmp_path / "model", {"model.tar.gz": archive[: len(archive) // 2]})
@@ -120,3 +130,10 @@ def test_the_container_reports_a_corrupt_input(tmp_path: Path) -> None:
     assert len(message.encode()) <= 1024
     assert list((tmp_path / "output").iterdir()) == []
     assert (tmp_path / "processing-dir").read_text().split() == ["input", "output"]
+
+
+def test_without_unshare_on_path_the_namespace_tests_skip_saying_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert unshare_problem() == "unshare is not on PATH (util-linux)"
