@@ -182,6 +182,29 @@ class _Stopped(BaseException):
         self.signum = signum
 
 
+# Control characters from the inputs (names, link targets) must not reach a log line or the
+# message file as they are: a name with a newline could forge a log line of its own.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def _escape(text: str) -> str:
+    """text with every control character (and Unicode line separator) written as an escape."""
+    return text.translate(_ESCAPES)
+
+
+class _EscapingFilter(logging.Filter):
+    """Escapes control characters in every record of the module's logger, whatever the handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _escape(record.getMessage()), ()
+        return True
+
+
+log.addFilter(_EscapingFilter())
+
+
 def _human(n: float) -> str:
     """Format a byte count for logs: 12.3 MB."""
     for unit in ("B", "KB", "MB", "GB"):
@@ -807,6 +830,8 @@ class TarReader:
         size = _header_number(block[124:136], "size")
         mtime: float = _header_number(block[136:148], "mtime")
         mode = _header_number(block[100:108], "mode") & 0o7777
+        _header_number(block[108:116], "uid")  # not used, but a malformed one is a fault
+        _header_number(block[116:124], "gid")
         if typeflag in (PAX_HEADER_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK):
             return None
         if typeflag in REFUSED_TYPES:
@@ -2136,7 +2161,7 @@ def _report_failure(reason: str) -> None:
     log.error("%s", reason)
     if not _in_processing_job():
         return
-    message = reason.encode("utf-8")[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
+    message = _escape(reason).encode("utf-8")[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
     path = Path(FAILURE_MESSAGE_PATH)
     try:
         path.parent.mkdir(exist_ok=True)

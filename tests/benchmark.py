@@ -14,9 +14,10 @@ within each round, and reports the median of the rounds:
 * naive: extract or copy into a staging dir, then tarfile.open(..., "w:gz") at
   its default level, as the original script did.
 
-Peak RSS is each command's own, with its children (wait4). A forked child's
-peak includes its parent's memory before exec, so the measuring process stays
-small: numpy and the in-process timings run in helper subprocesses. Needs numpy.
+Peak RSS is measured on each process of a command by GNU time (/usr/bin/time
+-f %M, which forks it from a small process), and summed over a pipeline's
+processes: wait4 on a child forked from this Python would count this
+process's memory before exec. Needs numpy and GNU time (apt-get install time).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ SCRIPT = ROOT / "mims_package.py"
 CODE = ROOT / "tests" / "fixtures" / "example" / "script"
 SEED = 20261126
 BLOCK = 16_000_000
+GNU_TIME = "/usr/bin/time"
 
 NAIVE = """
 import shutil, sys, tarfile, tempfile
@@ -102,13 +104,18 @@ def make_model(directory: Path, size_mb: int) -> None:
 
 @dataclass
 class Contender:
+    """One command; "{T}" in it stands where GNU time goes before each of its processes."""
+
     name: str
     command: list[str]
     output: Path
-    shell: bool = False
     seconds: list[float] = field(default_factory=list)
     rss_kb: int = 0
     compress_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def rss_file(self) -> Path:
+        return self.output.with_name("rss.txt")
 
     @property
     def median(self) -> float:
@@ -116,33 +123,30 @@ class Contender:
 
 
 def run_measured(contender: Contender) -> None:
-    """Run one contender, taking its peak RSS (with children) from wait4."""
-    if contender.output.exists():
-        contender.output.unlink()
+    """Run one contender; its peak RSS is the sum of its processes' peaks, from GNU time."""
+    for path in (contender.output, contender.rss_file):
+        if path.exists():
+            path.unlink()
+    timer = f"{GNU_TIME} -f %M -a -o '{contender.rss_file}'"
+    command = [part.replace("{T}", timer) for part in contender.command]
     start = time.perf_counter()
-    process = subprocess.Popen(
-        contender.command,
-        shell=contender.shell,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    log = process.stdout.read().decode()
-    _, status, usage = os.wait4(process.pid, 0)
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{contender.name} failed ({process.returncode}):\n{log}")
+    log = result.stdout.decode()
+    if result.returncode:
+        raise SystemExit(f"{contender.name} failed ({result.returncode}):\n{log}")
     contender.seconds.append(seconds)
-    contender.rss_kb = max(contender.rss_kb, usage.ru_maxrss)
-    found = re.search(r"compress: done in ([\d.]+) s", log)
+    peaks = [int(line) for line in contender.rss_file.read_text().split() if line.isdigit()]
+    contender.rss_kb = max(contender.rss_kb, sum(peaks))
+    found = re.search(r"compress: .* in ([\d.]+) s$", log, re.M)
     if found:
         contender.compress_seconds.append(float(found.group(1)))
 
 
 def ours(name: str, model: Path, out: Path, work: Path, *extra: str) -> Contender:
-    command = [
-        sys.executable,
+    return python(
+        name,
+        out,
         str(SCRIPT),
         "--model-dir",
         str(model),
@@ -153,8 +157,12 @@ def ours(name: str, model: Path, out: Path, work: Path, *extra: str) -> Contende
         "--work-dir",
         str(work),
         *extra,
-    ]
-    return Contender(name, command, out)
+    )
+
+
+def python(name: str, out: Path, *args: str) -> Contender:
+    """A Python command, measured by GNU time like the shell ones."""
+    return Contender(name, ["sh", "-c", '{T} "$@"', "sh", sys.executable, *args], out)
 
 
 def shell(name: str, script: str, output: Path) -> Contender:
@@ -173,25 +181,30 @@ def contenders(
         return work / key / "model.tar.gz"
 
     def naive(source: Path, key: str) -> Contender:
-        command = [sys.executable, "-c", NAIVE, str(source), str(out(key)), str(work)]
-        return Contender("naive (tarfile w:gz)", command, out(key))
+        return python(
+            "naive (tarfile w:gz)", out(key), "-c", NAIVE, str(source), str(out(key)), str(work)
+        )
 
     pigz = f"pigz -6 -p {threads}"
     directory = {
         "ours": ours("ours", model, out("ours"), work, "--threads", str(threads)),
         "gzip": shell(
-            "tar | gzip -6", f"tar -cf - -C '{model}' . | gzip -6 > '{out('gzip')}'", out("gzip")
+            "tar | gzip -6",
+            f"{{T}} tar -cf - -C '{model}' . | {{T}} gzip -6 > '{out('gzip')}'",
+            out("gzip"),
         ),
         "pigz": shell(
-            f"tar | {pigz}", f"tar -cf - -C '{model}' . | {pigz} > '{out('pigz')}'", out("pigz")
+            f"tar | {pigz}",
+            f"{{T}} tar -cf - -C '{model}' . | {{T}} {pigz} > '{out('pigz')}'",
+            out("pigz"),
         ),
         "naive": naive(model, "naive"),
         "ours-t1": ours("ours --threads 1", model, out("ours-t1"), work, "--threads", "1"),
         "ours-t4": ours("ours --threads 4", model, out("ours-t4"), work, "--threads", "4"),
     }
     extract_then_pigz = (
-        f"rm -rf '{stage}' && mkdir '{stage}' && tar -xzf '{archive}' -C '{stage}' && "
-        f"tar -cf - -C '{stage}' . | {pigz} > '{out('pigz-tar')}' && rm -rf '{stage}'"
+        f"rm -rf '{stage}' && mkdir '{stage}' && {{T}} tar -xzf '{archive}' -C '{stage}' && "
+        f"{{T}} tar -cf - -C '{stage}' . | {{T}} {pigz} > '{out('pigz-tar')}' && rm -rf '{stage}'"
     )
     tar_input = {
         "ours": ours("ours", archive_dir, out("ours-tar"), work, "--threads", str(threads)),
@@ -252,6 +265,8 @@ def main() -> None:
     if sys.argv[1:2] == ["--writer-scaling"]:
         print(*writer_scaling(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
         return
+    if not Path(GNU_TIME).exists():
+        raise SystemExit(f"{GNU_TIME} is missing: apt-get install time")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", default="300,1000", help="model sizes, comma-separated")
     parser.add_argument("--runs", type=int, default=3, help="rounds; the median is reported")
@@ -261,7 +276,8 @@ def main() -> None:
     sizes = [int(size) for size in args.size_mb.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="mims-bench-", dir=args.work_dir))
     table = [
-        "| model | input | command | median s | time vs ours | size vs gzip -6 | peak RSS MB |",
+        "| model | input | command | median s | time vs ours | size vs gzip -6 | peak RSS MB, "
+        "summed over its processes |",
         "|---|---|---|---|---|---|---|",
     ]
     notes = []
