@@ -236,6 +236,12 @@ def check_one(data: bytes) -> str:
         return "packaged"
 
 
+def raw_header_corpus(count: int = 32) -> list[bytes]:
+    """Archives with odd headers (from the tar-layer mutator, fixed seeds): where fuzzing starts."""
+    plain_and_gzip = [seed_corpus()[0], seed_corpus()[3]]
+    return [mutated(plain_and_gzip[i % 2], random.Random(i)) for i in range(count)]
+
+
 def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
     """atheris: half libFuzzer's byte mutations, half the tar-layer mutator's."""
     import atheris
@@ -259,7 +265,7 @@ def main() -> None:
     if corpus is None:
         raise SystemExit("usage: fuzz_archive.py CORPUS_DIR [libFuzzer options]")
     corpus.mkdir(parents=True, exist_ok=True)
-    for index, seed in enumerate(seed_corpus()):
+    for index, seed in enumerate(seed_corpus() + raw_header_corpus()):
         (corpus / f"seed{index}").write_bytes(seed)
     atheris.Setup(sys.argv, check_one, custom_mutator=custom_mutator)
     atheris.Fuzz()

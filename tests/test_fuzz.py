@@ -19,11 +19,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fuzz_archive import check_one, mutated, seed_corpus
+from fuzz_archive import check_one, mutated, raw_header_corpus, seed_corpus
 
 import mims_package
 
 SEEDS = seed_corpus()
+RAW_HEADER_SEEDS = raw_header_corpus()
 FUZZ = settings(max_examples=150, deadline=None)
 
 
@@ -39,7 +40,7 @@ def test_random_bytes(data: bytes) -> None:
 
 @FUZZ
 @given(
-    seed=st.sampled_from(SEEDS),
+    seed=st.sampled_from(SEEDS + RAW_HEADER_SEEDS),
     edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=6),
     cut=st.one_of(st.none(), st.integers(0, 1 << 16)),
 )
