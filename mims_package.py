@@ -58,6 +58,7 @@ import argparse
 import bz2
 import contextlib
 import errno
+import fnmatch
 import functools
 import hashlib
 import json
@@ -66,6 +67,7 @@ import lzma
 import math
 import os
 import queue
+import re
 import shutil
 import signal
 import stat
@@ -129,9 +131,30 @@ MAX_MESSAGE_BYTES = 1024
 PROGRESS_INTERVAL = 5.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
+# What never ships from any input: version control, caches, notebook checkpoints, OS litter.
+DEFAULT_EXCLUDES = (
+    ".git/",
+    ".hg/",
+    ".svn/",
+    "__pycache__/",
+    "*.pyc",
+    "*.pyo",
+    ".ipynb_checkpoints/",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".DS_Store",
+    "Thumbs.db",
+)
+# Every member's mtime, unless --keep-mtimes: SOURCE_DATE_EPOCH, else 2000-01-01T00:00:00Z,
+# so that the same content gives the same bytes however the inputs were copied.
+PORTABLE_MTIME = 946_684_800
+SECRET_SCAN_LIMIT = 1 << 20  # files larger than this are not read for credentials
+SECRET_FILE_NAMES = (".env", ".netrc", ".pgpass", "id_rsa", "id_ed25519")
+
 OPTIONAL_ENV_VARS = {
-    "SOURCE_DATE_EPOCH": "Unix time; member mtimes later than it are clamped to it, "
-    "so that packages built at different times are byte-identical.",
+    "SOURCE_DATE_EPOCH": "Unix time given to every member as its mtime (default: "
+    "2000-01-01T00:00:00Z); with --keep-mtimes, later mtimes are clamped to it.",
     "WORKING_DIRECTORY": "Directory in which the staging directory is created, made if "
     "missing (default: the output directory's parent, else the system temp dir); "
     "--work-dir overrides it.",
@@ -349,6 +372,61 @@ def _remove_tree(root: Path) -> None:
 
 def _is_inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+class Excludes:
+    """Glob patterns for input paths that never ship; it logs what they leave out.
+
+    A pattern is matched against a path relative to its input's root. One
+    without a "/" matches a name at any depth ("*.pyc", "__pycache__/"); one
+    with a "/" matches the whole relative path ("data/raw/"). A trailing "/"
+    matches directories only, and leaving a directory out leaves out all in it.
+    The decision depends on names alone, so packages stay deterministic.
+    """
+
+    def __init__(self, patterns: Collection[str]) -> None:
+        self._rules = []
+        for pattern in patterns:
+            body = pattern.strip("/")
+            if not body:
+                raise PackagingError(
+                    f"--exclude {pattern!r} names nothing; give a glob such as '*.log' or 'data/'"
+                )
+            anchored = "/" in pattern.rstrip("/")  # "data/raw/" or "/build/"
+            self._rules.append((body, pattern.endswith("/"), anchored, pattern))
+        self.anchored = any(rule[2] for rule in self._rules)
+        self.left_out: List[str] = []
+
+    def pattern_for(self, relative: str, is_dir: bool) -> Optional[str]:
+        """The pattern that leaves this path out (relative to its input's root), if any."""
+        name = relative.rsplit("/", 1)[-1]
+        for glob, dir_only, anchored, pattern in self._rules:
+            if (is_dir or not dir_only) and fnmatch.fnmatchcase(
+                relative if anchored else name, glob
+            ):
+                return pattern
+        return None
+
+    def leaves_out(self, relative: str, is_dir: bool, where: str) -> bool:
+        """True, logged, if a pattern leaves the path out; where says which input it is in."""
+        pattern = self.pattern_for(relative, is_dir)
+        if pattern is None:
+            return False
+        shown = f"{where}{relative}{'/' if is_dir else ''}"
+        log.info("excluded %s (%s)", shown, pattern)
+        self.left_out.append(shown)
+        return True
+
+    def warn(self) -> None:
+        """One WARNING with the count and the first few, if anything was left out."""
+        if self.left_out:
+            first = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
+            log.warning(
+                "%d paths left out of the package by the excludes: %s (--exclude adds "
+                "patterns, --no-default-excludes keeps these)",
+                len(self.left_out),
+                first,
+            )
 
 
 def _check_name(path: Path) -> None:
@@ -1098,13 +1176,17 @@ def _mtime(value: float) -> int:
 
 
 class _Node:
-    """A name in the extracted tree: its kind, its children (a dir), its size (a file)."""
+    """A name in the extracted tree: its kind, children and mtime (a dir), size (a file).
 
-    __slots__ = ("children", "kind", "size")
+    Kind "excluded" marks a directory the excludes leave out, with all below it.
+    """
 
-    def __init__(self, kind: str, size: int = 0) -> None:
+    __slots__ = ("children", "kind", "mtime", "size")
+
+    def __init__(self, kind: str, size: int = 0, mtime: int = 0) -> None:
         self.kind = kind
         self.size = size
+        self.mtime = mtime
         self.children: Dict[str, _Node] = {}
 
 
@@ -1117,11 +1199,11 @@ class _Extractor:
     what the archive made, so each check costs time linear in the name.
     """
 
-    def __init__(self, dest: Path) -> None:
+    def __init__(self, dest: Path, excludes: Optional[Excludes] = None) -> None:
         self.dest = dest
+        self.excludes = excludes
         self.root = _Node("dir")
         self.symlinks: Dict[str, str] = {}
-        self.dir_mtimes: Dict[str, int] = {}
         self.size = 0  # bytes of regular files
         self.linked = 0  # bytes that hard links will copy once the tree is staged
         self.data_filter = getattr(tarfile, "data_filter", None)
@@ -1158,10 +1240,11 @@ class _Extractor:
             node = parent.children.get(piece) if parent is not None else None
             parts.append(piece)
             nodes.append(node)
-            if strict and index < len(pieces) - 1 and node is not None and node.kind != "dir":
+            kind = node.kind if node is not None else None
+            if strict and index < len(pieces) - 1 and kind in ("symlink", "file"):
                 raise PackagingError(
                     f"archive member {member!r} goes through {'/'.join(parts)!r}, which is a "
-                    f"{node.kind}; writing through links or files is refused"
+                    f"{kind}; writing through links or files is refused"
                 )
         return parts, nodes[-1]
 
@@ -1180,6 +1263,8 @@ class _Extractor:
             if kind == "dir":
                 return
             raise PackagingError(f"archive member {member.name!r} has an empty name")
+        if self._excluded(parts, kind == "dir"):
+            return  # its data is skipped by the reader, and still checked
         if kind == "hardlink":
             kind, link, target = self._hard_link_target(member, parts)
         elif kind == "symlink":
@@ -1191,8 +1276,7 @@ class _Extractor:
         self._replace(name, existing, kind, path)
         if kind == "dir":
             path.mkdir(exist_ok=True)
-            parent.children.setdefault(parts[-1], _Node("dir"))
-            self.dir_mtimes[name] = mtime
+            parent.children.setdefault(parts[-1], _Node("dir")).mtime = mtime
             return
         if kind == "symlink":
             self.symlinks[name] = link
@@ -1272,17 +1356,41 @@ class _Extractor:
         except tarfile.FilterError as exc:
             raise PackagingError(f"archive member {member.name!r} is unsafe: {exc}") from None
 
+    def _excluded(self, parts: List[str], is_dir: bool) -> bool:
+        """True if the excludes leave out the member or a directory it would be in.
+
+        Directories already made were checked when they were made; a new one
+        the excludes match is remembered as "excluded", with all below it.
+        """
+        if self.excludes is None:
+            return False
+        node: Optional[_Node] = self.root
+        for depth, piece in enumerate(parts):
+            child = node.children.get(piece) if node is not None else None
+            if child is not None and child.kind == "excluded":
+                return True
+            if child is None:
+                is_last = depth == len(parts) - 1
+                as_dir = is_dir or not is_last
+                relative = "/".join(parts[: depth + 1]) if self.excludes.anchored else piece
+                if self.excludes.pattern_for(relative, as_dir) is not None:
+                    self.excludes.leaves_out("/".join(parts[: depth + 1]), as_dir, "")
+                    if as_dir and node is not None:
+                        node.children[piece] = _Node("excluded")
+                    return True
+            node = child
+        return False
+
     def _make_parents(self, parts: List[str], mtime: int) -> _Node:
         """Create the member's missing parent directories; return its parent's node."""
         node = self.root
         path = self.dest
-        for depth, piece in enumerate(parts[:-1]):
+        for piece in parts[:-1]:
             path = path / piece
             child = node.children.get(piece)
             if child is None:
                 path.mkdir()
-                child = node.children[piece] = _Node("dir")
-                self.dir_mtimes["/".join(parts[: depth + 1])] = mtime
+                child = node.children[piece] = _Node("dir", mtime=mtime)
             node = child
         return node
 
@@ -1320,18 +1428,23 @@ class _Extractor:
             )
         for name, target in self.symlinks.items():
             os.symlink(target, self.dest / name)
-        for name, mtime in self.dir_mtimes.items():
-            os.utime(self.dest / name, (mtime, mtime))
+        directories = [(self.dest, self.root)]
+        while directories:
+            path, node = directories.pop()
+            for name, child in node.children.items():
+                if child.kind == "dir":
+                    os.utime(path / name, (child.mtime, child.mtime))
+                    directories.append((path / name, child))
 
 
-def extract_archive(archive: Path, dest: Path) -> int:
+def extract_archive(archive: Path, dest: Path, excludes: Optional[Excludes] = None) -> int:
     """Extract the untrusted model archive into the empty directory dest; return its file bytes.
 
     The archive is read once, start to end: its integrity checks (gzip CRC-32
     and length, bzip2 and xz checks) run on every byte, those after the tar
     end marker included.
     """
-    extractor = _Extractor(dest)
+    extractor = _Extractor(dest, excludes)
     progress = _Progress("extract", archive.stat().st_size)
     with open(archive, "rb", buffering=0) as raw:
         try:
@@ -1372,31 +1485,42 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         shutil.copy2(source, dest)
 
 
-def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> int:
+def stage_tree(
+    root: Path,
+    dest: Path,
+    skip: Collection[str] = (),
+    excludes: Optional[Excludes] = None,
+    where: str = "",
+) -> int:
     """Rebuild root's tree at dest with only real files and directories; return the file count.
 
     Symlinks inside root are replaced by what they point to; one that leaves
     root, dangles or loops fails the job, and so do links to directories that
     multiply the tree beyond EXPANSION_LIMIT (a 1 KB archive of nested
     directory links could otherwise stage millions of entries). Top-level
-    names in skip are left out. Inputs are only read and hard-linked, never
+    names in skip, and paths the excludes match, are left out (where names the
+    input in their log lines). Inputs are only read and hard-linked, never
     modified.
     """
     root = root.resolve()
     budget = EXPANSION_LIMIT * sum(1 for _ in _walk_tree(root)) + EXPANSION_ALLOWANCE
     dest.mkdir()
-    stack: List[Tuple[Path, Path, Tuple[Tuple[int, int], ...]]] = []
+    stack: List[Tuple[Path, Path, str, Tuple[Tuple[int, int], ...]]] = []
     top = os.stat(root)
-    stack.append((root, dest, ((top.st_dev, top.st_ino),)))
+    stack.append((root, dest, "", ((top.st_dev, top.st_ino),)))
     directories: List[Tuple[Path, Path]] = []
     files = 0
     while stack:
-        source_dir, dest_dir, ancestors = stack.pop()
+        source_dir, dest_dir, relative_dir, ancestors = stack.pop()
         directories.append((source_dir, dest_dir))
         with os.scandir(source_dir) as entries:
             names = sorted(entry.name for entry in entries)
         for name in names:
             if dest_dir == dest and name in skip:
+                continue
+            path = source_dir / name
+            relative = f"{relative_dir}/{name}" if relative_dir else name
+            if excludes is not None and excludes.leaves_out(relative, path.is_dir(), where):
                 continue
             budget -= 1
             if budget < 0:
@@ -1404,7 +1528,6 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> int:
                     f"symlinks to directories in {root} expand it more than "
                     f"{EXPANSION_LIMIT}-fold; replace nested directory links by real directories"
                 )
-            path = source_dir / name
             _check_name(path)
             real = _resolve_inside(path, root) if path.is_symlink() else path
             info = os.lstat(real)
@@ -1415,7 +1538,7 @@ def stage_tree(root: Path, dest: Path, skip: Collection[str] = ()) -> int:
                         f"symlink {path} loops back to {real}, a directory that holds it; fix it"
                     )
                 (dest_dir / name).mkdir()
-                stack.append((real, dest_dir / name, (*ancestors, key)))
+                stack.append((real, dest_dir / name, relative, (*ancestors, key)))
             elif stat.S_ISREG(info.st_mode):
                 _link_or_copy(real, dest_dir / name)
                 files += 1
@@ -1461,14 +1584,23 @@ class Record:
     sha256: str
 
 
-def plan_members(root: Path, source_date_epoch: Optional[int]) -> List[Member]:
-    """List the staged tree as package members, sorted by name, with normalized metadata."""
+def plan_members(
+    root: Path, source_date_epoch: Optional[int], keep_mtimes: bool = False
+) -> List[Member]:
+    """List the staged tree as package members, sorted by name, with normalized metadata.
+
+    Every mtime is SOURCE_DATE_EPOCH, else PORTABLE_MTIME; with keep_mtimes,
+    the inputs' own, clamped to SOURCE_DATE_EPOCH when it is set.
+    """
+    fixed = PORTABLE_MTIME if source_date_epoch is None else source_date_epoch
     members = []
     for path, info in _walk_tree(root):
         is_dir = stat.S_ISDIR(info.st_mode)
-        mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
-        if source_date_epoch is not None:
-            mtime = min(mtime, source_date_epoch)
+        mtime = fixed
+        if keep_mtimes:
+            mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
+            if source_date_epoch is not None:
+                mtime = min(mtime, source_date_epoch)
         members.append(
             Member(
                 name=path.relative_to(root).as_posix(),
@@ -1481,6 +1613,62 @@ def plan_members(root: Path, source_date_epoch: Optional[int]) -> List[Member]:
         )
     members.sort(key=lambda member: member.name)
     return members
+
+
+# Credentials that must not ship: recognised by name, or by content in small text files,
+# with the patterns secret scanners use (few false alarms: a lone AWS key id, a public
+# certificate or AWS's documented example key id pass).
+PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+AWS_KEY_ID = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
+AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+
+
+def _credential_name(name: str) -> Optional[str]:
+    """What a file's name says it holds, if it is a credentials file."""
+    parts = name.split("/")
+    if parts[-1] in SECRET_FILE_NAMES:
+        return f"a {parts[-1]} file"
+    if parts[-2:] == [".aws", "credentials"]:
+        return "an AWS credentials file (.aws/credentials)"
+    return None
+
+
+def _credential_content(path: Path) -> Optional[str]:
+    """What credential a small text file holds, if any; binary and large files are not read."""
+    with open(path, "rb") as source:
+        data = source.read(SECRET_SCAN_LIMIT + 1)
+    if len(data) > SECRET_SCAN_LIMIT or b"\0" in data:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if PRIVATE_KEY.search(text):
+        return "a private key (PEM)"
+    key_ids = [k for k in AWS_KEY_ID.findall(text) if not k.endswith("EXAMPLE")]
+    if key_ids and AWS_SECRET_KEY.search(text):
+        return "an AWS access key id with a secret access key"
+    return None
+
+
+def check_credentials(members: List[Member], scanned: Callable[[str], bool], allow: bool) -> None:
+    """Refuse (or, if allow, warn about) credentials in the members that scanned picks."""
+    for member in members:
+        if member.is_dir or not scanned(member.name):
+            continue
+        found = _credential_name(member.name)
+        if found is None and member.size <= SECRET_SCAN_LIMIT:
+            found = _credential_content(member.path)
+        if found is None:
+            continue
+        if allow:
+            log.warning("%s holds %s; shipped because of --allow-secrets", member.name, found)
+            continue
+        raise PackagingError(
+            f"{member.name} holds {found}; credentials must not ship in a model package (it "
+            "goes to S3, the model registry and every endpoint): remove the file from the "
+            "inputs, or pass --allow-secrets if it holds no real secret"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -1982,7 +2170,7 @@ def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
         )
 
 
-def _stage_inputs(inputs: Inputs, staging: Path) -> Path:
+def _stage_inputs(inputs: Inputs, staging: Path, excludes: Excludes) -> Path:
     """Assemble the package tree in staging; return its root."""
     tree = staging / "package"
     archive = inputs.archive
@@ -1991,7 +2179,7 @@ def _stage_inputs(inputs: Inputs, staging: Path) -> Path:
         extracted = staging / "extracted"
         extracted.mkdir()
         with _phase("extract") as phase, _os_errors("extracting the model archive", extracted):
-            phase.amount = _human(extract_archive(archive, extracted))
+            phase.amount = _human(extract_archive(archive, extracted, excludes))
         model_root = extracted
     else:
         log.info("model: loose files in %s", inputs.model)
@@ -2002,7 +2190,7 @@ def _stage_inputs(inputs: Inputs, staging: Path) -> Path:
         _warn_replaced(model_root, name, source)
     with _phase("stage") as phase, _os_errors("staging the inputs", staging):
         try:
-            files = stage_tree(model_root, tree, skip=added)
+            files = stage_tree(model_root, tree, added, None if archive else excludes)
         except PackagingError as exc:
             if archive is None:
                 raise
@@ -2011,8 +2199,9 @@ def _stage_inputs(inputs: Inputs, staging: Path) -> Path:
                 str(exc).replace(str(model_root.resolve()), str(archive))
             ) from None
         for name, source in added.items():
-            files += stage_tree(source, tree / name)
+            files += stage_tree(source, tree / name, (), excludes, f"{name}/")
         phase.amount = f"{files} files"
+    excludes.warn()
     return tree
 
 
@@ -2055,6 +2244,12 @@ def _check_and_log_members(members: List[Member], loose_model: bool) -> None:
         log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
 
 
+def _scanned(loose_model: bool) -> Callable[[str], bool]:
+    """Which members are read for credentials: code, calibration, and the model if loose."""
+    extras = (CODE_DIR + "/", CALIBRATION_DIR + "/")
+    return lambda name: loose_model or name.startswith(extras)
+
+
 def _write_and_verify(
     members: List[Member], output_dir: Path, level: int, threads: int
 ) -> Tuple[Path, str, int]:
@@ -2088,11 +2283,16 @@ def package(
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
     threads: Optional[int] = None,
     source_date_epoch: Optional[int] = None,
+    excludes: Optional[Collection[str]] = None,
+    allow_secrets: bool = False,
+    keep_mtimes: bool = False,
 ) -> Path:
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
     A path left out (None) is the contract's default. The default script and
-    calibration dirs may be missing; any other path given must exist. Raises
+    calibration dirs may be missing; any other path given must exist. excludes
+    are glob patterns (None: DEFAULT_EXCLUDES). Credentials in the code, the
+    calibration or a loose model fail the job unless allow_secrets. Raises
     PackagingError, with a message that says what to do, on any failure;
     nothing partial is left behind, and nothing is created before the inputs
     pass their checks.
@@ -2112,6 +2312,7 @@ def package(
     threads = threads or available_cpus()
     if threads < 1:
         raise PackagingError(f"threads must be at least 1, not {threads}")
+    patterns = Excludes(DEFAULT_EXCLUDES if excludes is None else excludes)
     inputs = Inputs(model, script, calibration)
     _log_inputs(inputs)
     explicit_work = Path(work_dir) if work_dir is not None else None
@@ -2128,9 +2329,10 @@ def package(
             _free_space(output),
         )
         with _staging_dir(work) as staging:
-            tree = _stage_inputs(inputs, staging)
-            members = plan_members(tree, source_date_epoch)
+            tree = _stage_inputs(inputs, staging, patterns)
+            members = plan_members(tree, source_date_epoch, keep_mtimes)
             _check_and_log_members(members, loose_model=inputs.archive is None)
+            check_credentials(members, _scanned(inputs.archive is None), allow_secrets)
             final, digest, size = _write_and_verify(members, output, compression_level, threads)
     seconds = time.monotonic() - started
     bytes_in = sum(member.size for member in members)
@@ -2202,6 +2404,12 @@ def _paths_by_name(
     return found
 
 
+def _excludes(job_args: Optional[argparse.Namespace]) -> List[str]:
+    """The exclude patterns job_args ask for: the defaults (unless turned off) and --exclude."""
+    defaults = [] if getattr(job_args, "no_default_excludes", False) else list(DEFAULT_EXCLUDES)
+    return defaults + list(getattr(job_args, "exclude", None) or [])
+
+
 def _show_logs_by_default() -> None:
     """Used as a library with no logging set up, main() still shows the job's INFO lines."""
     if log.handlers or logging.getLogger().handlers:
@@ -2225,8 +2433,9 @@ def main(
     optionally calibration_model; output_paths has package_output (or
     output_dir, or packaged_model). A key left out means the contract's path;
     an unknown key fails. environ_vars may set SOURCE_DATE_EPOCH and
-    WORKING_DIRECTORY; job_args may set work_dir, compression_level and
-    threads. Raises PackagingError on failure, after reporting it.
+    WORKING_DIRECTORY; job_args may set work_dir, compression_level, threads,
+    exclude, no_default_excludes, allow_secrets and keep_mtimes, as the
+    command line does. Raises PackagingError on failure, after reporting it.
     """
     _show_logs_by_default()
     try:
@@ -2244,6 +2453,9 @@ def main(
             compression_level=getattr(job_args, "compression_level", DEFAULT_COMPRESSION_LEVEL),
             threads=getattr(job_args, "threads", None),
             source_date_epoch=_source_date_epoch(environ_vars),
+            excludes=_excludes(job_args),
+            allow_secrets=getattr(job_args, "allow_secrets", False),
+            keep_mtimes=getattr(job_args, "keep_mtimes", False),
         )
     except PackagingError as exc:
         _report_failure(str(exc))
@@ -2319,6 +2531,29 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="compression threads; default: the CPUs this process may use "
         "(affinity and cgroup quota). The package bytes do not depend on it",
+    )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        metavar="PATTERN",
+        help="leave out input paths matching this glob (repeatable): matched against the path "
+        "relative to its input; 'dir/' matches directories; no '/' matches at any depth",
+    )
+    parser.add_argument(
+        "--no-default-excludes",
+        action="store_true",
+        help="keep what is left out by default: " + " ".join(DEFAULT_EXCLUDES),
+    )
+    parser.add_argument(
+        "--allow-secrets",
+        action="store_true",
+        help="warn about credentials in the code, calibration or loose model, instead of failing",
+    )
+    parser.add_argument(
+        "--keep-mtimes",
+        action="store_true",
+        help="keep the inputs' mtimes (clamped to $SOURCE_DATE_EPOCH) instead of one fixed "
+        "time, so that the bytes then depend on when the inputs were written",
     )
     parser.add_argument(
         "--log-level",

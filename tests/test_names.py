@@ -97,20 +97,30 @@ def test_members_are_sorted_by_name(job: Job) -> None:
     assert names.index("a") < names.index("a/z")
 
 
-def test_mtimes_come_from_the_sources(job: Job) -> None:
+def test_every_mtime_is_one_fixed_time_by_default(job: Job) -> None:
+    write_tree(job.model, {"m.bin": b"m", "d/f": b"f"})
+    os.utime(job.model / "m.bin", (1_500_000_000.7, 1_500_000_000.7))
+    job.main()
+    assert {e.mtime for e in read_package(job.package).values()} == {946_684_800}  # 2000-01-01
+    job.package.unlink()
+    job.main(environ={"SOURCE_DATE_EPOCH": "1234567890"})
+    assert {e.mtime for e in read_package(job.package).values()} == {1_234_567_890}
+
+
+def test_keep_mtimes_takes_them_from_the_sources(job: Job) -> None:
     write_tree(job.model, {"m.bin": b"m", "d/f": b"f"})
     os.utime(job.model / "m.bin", (1_500_000_000.7, 1_500_000_000.7))
     os.utime(job.model / "d", (1_400_000_000, 1_400_000_000))
-    job.main()
+    job.main(keep_mtimes=True)
     entries = read_package(job.package)
     assert entries["m.bin"].mtime == 1_500_000_000
     assert entries["d"].mtime == 1_400_000_000
 
 
-def test_mtimes_are_clamped_to_source_date_epoch(job: Job) -> None:
+def test_kept_mtimes_are_clamped_to_source_date_epoch(job: Job) -> None:
     write_tree(job.model, {"new.bin": b"n", "old.bin": b"o"})
     os.utime(job.model / "old.bin", (1_000_000_000, 1_000_000_000))
-    job.main(environ={"SOURCE_DATE_EPOCH": "1234567890"})
+    job.main(environ={"SOURCE_DATE_EPOCH": "1234567890"}, keep_mtimes=True)
     entries = read_package(job.package)
     assert entries["new.bin"].mtime == 1_234_567_890
     assert entries["old.bin"].mtime == 1_000_000_000
