@@ -5,46 +5,51 @@ This is the MIMS packaging step of a SageMaker pipeline (the MIMS Package
 Script Contract). It reads
 
 * the model from ``/opt/ml/processing/input/model``: a ``model.tar.gz``
-  (gzip, bzip2, xz or plain tar) or loose files, and
-* the inference code from ``/opt/ml/processing/input/script``,
+  (gzip, bzip2, xz or plain tar) or loose files,
+* the inference code from ``/opt/ml/processing/input/script``, and
+* optionally, calibration artifacts from ``/opt/ml/processing/input/calibration``,
 
-assembles them in a staging directory, model files at the root and the code
-under ``code/``, and writes ``/opt/ml/processing/output/model.tar.gz``, which
-SageMaker hosting extracts to ``/opt/ml/model``.
+assembles them in a staging directory, model files at the root, the code
+under ``code/`` and the calibration under ``calibration/``, and writes
+``/opt/ml/processing/output/model.tar.gz``, which SageMaker hosting extracts
+to ``/opt/ml/model``.
 
 What it promises:
 
-* The model archive is untrusted. A member that is absolute, climbs out with
+* The model archive is untrusted. It is read by a strict, bounded tar reader
+  of our own; a damaged header, a member that is absolute, climbs out with
   ``..``, writes through a symlink, links outside, or is a device or FIFO
   fails the job, and the whole input is checked, gzip CRC-32 included.
 * The package holds only regular files and directories: a symlink inside an
   input is replaced by what it points to; any other symlink fails the job.
-* The package is deterministic: sorted members, owner root, modes 0644/0755,
-  integer mtimes clamped to SOURCE_DATE_EPOCH, a gzip header with neither
-  name nor time. The same inputs give the same bytes.
+  VCS directories and caches are left out, and credentials fail the job.
+* The package is content-addressed: sorted members, owner root, modes
+  0644/0755, one mtime for all (SOURCE_DATE_EPOCH or 2000-01-01), headers
+  packed by our own codec, a gzip header with neither name nor time. The same
+  content gives the same bytes, on every Python from 3.7 up.
 * The package goes to a temporary file that is fsync'd, read back and checked
   member by member, and only then renamed into place. A failure or a stop
   leaves no partial package, no staging directory, and an older package intact.
-* A failure ends in one ERROR line, also written to /opt/ml/output/message
-  inside a processing job so that SageMaker shows it as the failure reason.
+* A failure ends in one ERROR line (control characters escaped), also written
+  to /opt/ml/output/message inside a processing job, which SageMaker shows as
+  the job's ExitMessage.
 
 ``package()`` does the work, ``main()`` is the pipeline entry point and
-``cli()`` the command line. Standard library only; Python 3.7 or later, with
-byte-identical packages on every version.
+``cli()`` the command line. Standard library only; Python 3.7 or later.
 
 The file reads in pipeline order, one section each:
 
-* Contract and constants: default paths, limits, the CONTRACT of --print-contract.
-* Errors: PackagingError, disk-error messages, phases and progress lines.
-* Finding the inputs: tree walks, symlink resolution, the model archive.
-* The tar format: the package's ustar and PAX headers, packed by hand.
-* Safe extraction: decoders, read-ahead, and the checks on every archive member.
+* Contract and constants: default paths, limits, excludes, the CONTRACT.
+* Errors: PackagingError, escaping, disk-error messages, phases and progress.
+* Finding the inputs: tree walks, excludes, symlink resolution, the checked inputs.
+* The tar format: headers packed by hand, and the strict reader of tar streams.
+* Safe extraction: decoders, format checks, read-ahead, the checks on every member.
 * Staging: the package tree, with real files and directories only.
-* What goes into the package: members, sorted, with normalized metadata.
+* What goes into the package: members with normalized metadata; no credentials.
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
 * Verification: the package read back from disk and compared member by member.
-* The job: staging dir, output dir, package().
+* The job: work and output dirs, staging, package().
 * Entry points: main() for pipelines, cli() for the command line.
 """
 
@@ -2588,7 +2593,10 @@ def cli(argv: Optional[List[str]] = None) -> int:
     """Run the job from the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     if args.print_contract:
-        print(json.dumps(CONTRACT, indent=2))
+        try:
+            print(json.dumps(CONTRACT, indent=2), flush=True)
+        except BrokenPipeError:  # the reader (say, head) closed the pipe: nothing is wrong
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     logging.basicConfig(stream=sys.stdout, level=args.log_level, format=LOG_FORMAT)
     for sig in (signal.SIGTERM, signal.SIGINT):

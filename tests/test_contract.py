@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -216,3 +217,19 @@ def test_long_phases_log_progress(
     for phase in ("extract", "compress", "verify"):
         pattern = rf"{phase}: [\d.]+ [KM]?B of [\d.]+ [KM]?B \(\d+%\), [\d.]+ MB/s, ETA \d+ s"
         assert re.search(pattern, caplog.text), phase
+
+
+def test_print_contract_into_a_closed_pipe_is_quiet() -> None:
+    """As when piped into a reader that has already gone: exit 0, nothing on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--print-contract"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
