@@ -134,6 +134,7 @@ LINK_EXPANSION_ALLOWANCE = 100 << 20
 MAX_NAME_BYTES = 255
 MAX_MESSAGE_BYTES = 1024
 PROGRESS_INTERVAL = 5.0
+STOP_CHECK_INTERVAL = 0.1  # how long a blocked main thread waits before it looks for a stop
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 # What never ships from any input: version control, caches, notebook checkpoints, OS litter.
@@ -203,11 +204,56 @@ class PackagingError(Exception):
 
 
 class _Stopped(BaseException):
-    """Raised in the main thread by SIGTERM or SIGINT, so that every cleanup runs."""
+    """Raised in the main thread after SIGTERM or SIGINT, so that every cleanup runs."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+class _StopRequest:
+    """The stop signal received, if any: the handler records it, safe points act on it.
+
+    The handler does not raise _Stopped itself: an exception raised at any
+    bytecode could land between a lock's acquire and the with block that
+    releases it, and leave a thread waiting on that lock forever. Safe points
+    come at least once per file, per archive member and per 1 MiB block, and
+    every blocking wait of the main thread wakes up to look, so a stop is
+    answered within a fraction of a second in every phase.
+    """
+
+    signum: Optional[int] = None
+
+
+_STOP = _StopRequest()
+
+
+def _check_stop() -> None:
+    """A safe point: raise _Stopped if a stop signal has arrived."""
+    if _STOP.signum is not None:
+        raise _Stopped(_STOP.signum)
+
+
+def _request_stop(signum: int, frame: Optional[FrameType]) -> None:
+    """The SIGTERM and SIGINT handler: record the first signal, ignore any that follow."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    _STOP.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT stop the job at its next safe point, within the block only."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _STOP.signum = None
+    for sig in previous:
+        signal.signal(sig, _request_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _STOP.signum = None
 
 
 # Control characters from the inputs (names, link targets) must not reach a log line or the
@@ -342,16 +388,19 @@ class _Progress:
 # Finding the inputs
 
 
-def _walk_tree(root: Path) -> Iterator[Tuple[Path, os.stat_result]]:
+def _walk_tree(root: Path, stoppable: bool = True) -> Iterator[Tuple[Path, os.stat_result]]:
     """Every entry below root with its lstat, parents before children; links not followed.
 
     Iterative, unlike os.walk and shutil.rmtree before Python 3.12/3.13: an
-    archive can nest directories deeper than Python's recursion limit.
+    archive can nest directories deeper than Python's recursion limit. A
+    stoppable walk is a safe point at every entry (cleanup walks are not).
     """
     stack = [root]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
+                if stoppable:
+                    _check_stop()
                 info = entry.stat(follow_symlinks=False)
                 yield Path(entry.path), info
                 if stat.S_ISDIR(info.st_mode):
@@ -366,7 +415,7 @@ def _has_files(directory: Path) -> bool:
 def _remove_tree(root: Path) -> None:
     """Delete root and everything below it, children before parents, without recursion."""
     directories = [root]
-    for path, info in _walk_tree(root):
+    for path, info in _walk_tree(root, stoppable=False):
         if stat.S_ISDIR(info.st_mode):
             directories.append(path)
         else:
@@ -1096,7 +1145,7 @@ def _first_decoded_block_if_whole(raw: IO[bytes]) -> bytes:
     first = _read_up_to(stream, BLOCK_SIZE)
     if not _is_tar_header(first):
         while stream.read(IO_BLOCK_SIZE):
-            pass
+            _check_stop()
     return first
 
 
@@ -1160,8 +1209,14 @@ class _ReadAhead(_ContextManager):
                 return
 
     def read(self, size: int) -> bytes:
-        """The next decoded block (tarfile asks for IO_BLOCK_SIZE, so blocks are never cut)."""
-        item = self._blocks.get()
+        """The next decoded block (the reader asks for IO_BLOCK_SIZE, so blocks are never cut)."""
+        while True:
+            _check_stop()
+            try:
+                item = self._blocks.get(timeout=STOP_CHECK_INTERVAL)
+                break
+            except queue.Empty:
+                continue
         if isinstance(item, BaseException) or not item:
             self._put(item)  # the end, or an error, stays for any later read
         if isinstance(item, BaseException):
@@ -1417,6 +1472,7 @@ class _Extractor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         with open(os.open(path, flags, 0o600), "wb") as out:
             for piece in reader.data():
+                _check_stop()
                 out.write(piece)
             os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
         os.utime(path, (mtime, mtime))
@@ -1456,6 +1512,7 @@ def extract_archive(archive: Path, dest: Path, excludes: Optional[Excludes] = No
             with _ReadAhead(_decompressed(raw)) as stream:
                 reader = TarReader(stream)
                 for member in reader.members():
+                    _check_stop()
                     extractor.add(reader, member)
                     progress.update(raw.tell())
         except DECODE_ERRORS as exc:
@@ -1521,6 +1578,7 @@ def stage_tree(
         with os.scandir(source_dir) as entries:
             names = sorted(entry.name for entry in entries)
         for name in names:
+            _check_stop()
             if dest_dir == dest and name in skip:
                 continue
             path = source_dir / name
@@ -1629,12 +1687,12 @@ AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9
 
 
 def _credential_name(name: str) -> Optional[str]:
-    """What a file's name says it holds, if it is a credentials file."""
+    """What a file's name says, if it names a credentials file."""
     parts = name.split("/")
-    if parts[-1] in SECRET_FILE_NAMES:
-        return f"a {parts[-1]} file"
     if parts[-2:] == [".aws", "credentials"]:
-        return "an AWS credentials file (.aws/credentials)"
+        return "its name marks a credentials file (.aws/credentials)"
+    if parts[-1] in SECRET_FILE_NAMES:
+        return f"its name marks a credentials file ({parts[-1]})"
     return None
 
 
@@ -1649,16 +1707,17 @@ def _credential_content(path: Path) -> Optional[str]:
     except UnicodeDecodeError:
         return None
     if PRIVATE_KEY.search(text):
-        return "a private key (PEM)"
+        return "it holds a private key (PEM)"
     key_ids = [k for k in AWS_KEY_ID.findall(text) if not k.endswith("EXAMPLE")]
     if key_ids and AWS_SECRET_KEY.search(text):
-        return "an AWS access key id with a secret access key"
+        return "it holds an AWS access key id with a secret access key"
     return None
 
 
 def check_credentials(members: List[Member], scanned: Callable[[str], bool], allow: bool) -> None:
     """Refuse (or, if allow, warn about) credentials in the members that scanned picks."""
     for member in members:
+        _check_stop()
         if member.is_dir or not scanned(member.name):
             continue
         found = _credential_name(member.name)
@@ -1667,10 +1726,10 @@ def check_credentials(members: List[Member], scanned: Callable[[str], bool], all
         if found is None:
             continue
         if allow:
-            log.warning("%s holds %s; shipped because of --allow-secrets", member.name, found)
+            log.warning("%s: %s; shipped because of --allow-secrets", member.name, found)
             continue
         raise PackagingError(
-            f"{member.name} holds {found}; credentials must not ship in a model package (it "
+            f"{member.name}: {found}; credentials must not ship in a model package (it "
             "goes to S3, the model registry and every endpoint): remove the file from the "
             "inputs, or pass --allow-secrets if it holds no real secret"
         )
@@ -1696,9 +1755,23 @@ def check_credentials(members: List[Member], scanned: Callable[[str], bool], all
 # Each worker also returns its chunk's CRC-32, and the main thread combines
 # them (crc32_combine, a few microseconds a chunk). At most 2 x threads chunks
 # are in flight, so memory stays flat however large the model is.
+#
+# Adaptive coding. Dense weights (float32, float16, bfloat16) hold almost no
+# repeats worth a match: deflate's match search there is wasted work, and the
+# short matches it takes cost more bits than they save. So each chunk is coded
+# either at the level or with Huffman codes alone (Z_HUFFMAN_ONLY, 3-4x
+# faster), whichever is smaller on PROBES probes of PROBE_SIZE bytes spread
+# evenly across the chunk, each coded both ways on its own; a tie goes to
+# Huffman. One probe at the start is not enough: in a pickled data frame a
+# chunk's start is often unlike its rest. The choice depends on the chunk's
+# bytes and the level alone, so the bytes still do not depend on the thread
+# count, and both codings are plain deflate blocks in the same one stream.
+# Level 0 stores; --no-adaptive codes every chunk at the level.
 
 CHUNK_SIZE = 1 << 20
 WINDOW_SIZE = 32 << 10
+PROBES = 4
+PROBE_SIZE = 16 << 10
 
 
 if TYPE_CHECKING:
@@ -1757,12 +1830,34 @@ def _gzip_header(level: int) -> bytes:
     return b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes([extra_flags, 255])
 
 
-def _deflate_chunk(chunk: bytes, window: bytes, level: int) -> Tuple[bytes, int, int]:
-    """Deflate one chunk, primed with the window before it; end byte-aligned (sync flush)."""
+def _raw_deflate(level: int, strategy: int, window: bytes = b"") -> Any:
+    """A raw deflate stream (no header) at level with strategy, primed with window if any."""
     if window:
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=window)
-    else:
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, strategy, window)
+    return zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, strategy)
+
+
+def choose_strategy(chunk: bytes, level: int) -> int:
+    """Z_HUFFMAN_ONLY if the chunk's probes code no larger with it than at level, else default."""
+    step = max(len(chunk) // PROBES, 1)
+    sizes = {zlib.Z_DEFAULT_STRATEGY: 0, zlib.Z_HUFFMAN_ONLY: 0}
+    for start in range(0, step * PROBES, step):
+        probe = chunk[start : start + PROBE_SIZE]
+        for strategy in sizes:
+            deflate = _raw_deflate(level, strategy)
+            sizes[strategy] += len(deflate.compress(probe) + deflate.flush())
+    huffman_wins = sizes[zlib.Z_HUFFMAN_ONLY] <= sizes[zlib.Z_DEFAULT_STRATEGY]
+    return zlib.Z_HUFFMAN_ONLY if huffman_wins else zlib.Z_DEFAULT_STRATEGY
+
+
+def _deflate_chunk(
+    chunk: bytes, window: bytes, level: int, adaptive: bool
+) -> Tuple[bytes, int, int]:
+    """Deflate one chunk, primed with the window before it; end byte-aligned (sync flush)."""
+    strategy = zlib.Z_DEFAULT_STRATEGY
+    if adaptive and level > 0:
+        strategy = choose_strategy(chunk, level)
+    deflate = _raw_deflate(level, strategy, window)
     piece = deflate.compress(chunk) + deflate.flush(zlib.Z_SYNC_FLUSH)
     return piece, zlib.crc32(chunk), len(chunk)
 
@@ -1774,9 +1869,10 @@ class GzipWriter(_ContextManager):
     exception cancels the queued chunks; either way no worker thread outlives it.
     """
 
-    def __init__(self, out: "_Writable", level: int, threads: int) -> None:
+    def __init__(self, out: "_Writable", level: int, threads: int, adaptive: bool = True) -> None:
         self._out = out
         self._level = level
+        self._adaptive = adaptive
         self._max_in_flight = 2 * threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate")
         self._in_flight: Deque[Future[Tuple[bytes, int, int]]] = deque()
@@ -1795,7 +1891,8 @@ class GzipWriter(_ContextManager):
             self._submit(chunk)
 
     def _submit(self, chunk: bytes) -> None:
-        self._in_flight.append(self._pool.submit(_deflate_chunk, chunk, self._window, self._level))
+        coding = (self._level, self._adaptive)
+        self._in_flight.append(self._pool.submit(_deflate_chunk, chunk, self._window, *coding))
         self._window = chunk[-WINDOW_SIZE:]
         if len(self._in_flight) >= self._max_in_flight:
             self._write_oldest()
@@ -1859,6 +1956,7 @@ def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
     copied = 0
     with open(member.path, "rb", buffering=0) as source:
         while copied <= member.size:
+            _check_stop()
             block = source.read(IO_BLOCK_SIZE)
             if not block:
                 break
@@ -1881,6 +1979,7 @@ def write_tar(members: List[Member], sink: GzipWriter) -> List[Record]:
     progress = _Progress("compress", total)
     records = []
     for member in members:
+        _check_stop()
         sink.write(
             member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
         )
@@ -2006,7 +2105,9 @@ class _ReadBack(_ContextManager):
         with self._ready:
             self._finished = True
             self._ready.notify()
-        self._thread.join()
+        while self._thread.is_alive():
+            _check_stop()
+            self._thread.join(STOP_CHECK_INTERVAL)
         if self._error is not None:
             raise self._error
         assert self._result is not None
@@ -2256,16 +2357,17 @@ def _scanned(loose_model: bool) -> Callable[[str], bool]:
 
 
 def _write_and_verify(
-    members: List[Member], output_dir: Path, level: int, threads: int
+    members: List[Member], output_dir: Path, level: int, threads: int, adaptive: bool
 ) -> Tuple[Path, str, int]:
     """Write the package next to its final name, verify it, then rename it into place."""
     final = output_dir / PACKAGE_NAME
     total = sum(member.size for member in members)
-    log.info("compress: level %d, %d threads, verified while written", level, threads)
+    coding = "adaptive" if adaptive and level else "every chunk at the level"
+    log.info("compress: level %d (%s), %d threads, verified while written", level, coding, threads)
     with _temporary_file(output_dir) as temporary:
         progress = _Progress("verify", total)
         with _os_errors("writing the package", temporary), _ReadBack(temporary, progress) as back:
-            with _phase("compress") as phase, GzipWriter(back, level, threads) as sink:
+            with _phase("compress") as phase, GzipWriter(back, level, threads, adaptive) as sink:
                 expected = write_tar(members, sink)
                 phase.amount = f"{_human(total)} in"
             with _phase("verify") as phase:
@@ -2291,6 +2393,7 @@ def package(
     excludes: Optional[Collection[str]] = None,
     allow_secrets: bool = False,
     keep_mtimes: bool = False,
+    adaptive: bool = True,
 ) -> Path:
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
@@ -2338,7 +2441,9 @@ def package(
             members = plan_members(tree, source_date_epoch, keep_mtimes)
             _check_and_log_members(members, loose_model=inputs.archive is None)
             check_credentials(members, _scanned(inputs.archive is None), allow_secrets)
-            final, digest, size = _write_and_verify(members, output, compression_level, threads)
+            final, digest, size = _write_and_verify(
+                members, output, compression_level, threads, adaptive
+            )
     seconds = time.monotonic() - started
     bytes_in = sum(member.size for member in members)
     log.info(
@@ -2439,8 +2544,8 @@ def main(
     output_dir, or packaged_model). A key left out means the contract's path;
     an unknown key fails. environ_vars may set SOURCE_DATE_EPOCH and
     WORKING_DIRECTORY; job_args may set work_dir, compression_level, threads,
-    exclude, no_default_excludes, allow_secrets and keep_mtimes, as the
-    command line does. Raises PackagingError on failure, after reporting it.
+    exclude, no_default_excludes, allow_secrets, keep_mtimes and no_adaptive,
+    as the command line does. Raises PackagingError on failure, after reporting it.
     """
     _show_logs_by_default()
     try:
@@ -2461,6 +2566,7 @@ def main(
             excludes=_excludes(job_args),
             allow_secrets=getattr(job_args, "allow_secrets", False),
             keep_mtimes=getattr(job_args, "keep_mtimes", False),
+            adaptive=not getattr(job_args, "no_adaptive", False),
         )
     except PackagingError as exc:
         _report_failure(str(exc))
@@ -2531,6 +2637,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="gzip level; 0 stores",
     )
     parser.add_argument(
+        "--no-adaptive",
+        action="store_true",
+        help="code every chunk at the level; by default a chunk whose samples code smaller "
+        "with Huffman codes alone (dense weights) is coded that way, faster and smaller",
+    )
+    parser.add_argument(
         "--threads",
         type=_positive_int,
         default=None,
@@ -2583,12 +2695,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _raise_stopped(signum: int, frame: Optional[FrameType]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-    raise _Stopped(signum)
-
-
 def cli(argv: Optional[List[str]] = None) -> int:
     """Run the job from the command line; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -2599,20 +2705,19 @@ def cli(argv: Optional[List[str]] = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     logging.basicConfig(stream=sys.stdout, level=args.log_level, format=LOG_FORMAT)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _raise_stopped)
     environ = {name: os.environ[name] for name in OPTIONAL_ENV_VARS if name in os.environ}
     try:
-        main(
-            {
-                "model_input": args.model_dir,
-                "script_input": args.script_dir,
-                "calibration_model": args.calibration_dir,
-            },
-            {"package_output": args.output_dir},
-            environ,
-            args,
-        )
+        with _stop_on_signals():
+            main(
+                {
+                    "model_input": args.model_dir,
+                    "script_input": args.script_dir,
+                    "calibration_model": args.calibration_dir,
+                },
+                {"package_output": args.output_dir},
+                environ,
+                args,
+            )
     except _Stopped as exc:
         return 128 + exc.signum
     except Exception:

@@ -73,6 +73,77 @@ def write_array(path: Path, size: int, make: Callable[[int], Any]) -> None:
             left -= BLOCK
 
 
+def data_types() -> dict[str, Callable[[Any, int], bytes]]:
+    """What models are made of, by name: each makes about n bytes of its kind from an rng."""
+    import numpy as np
+
+    def weights(rng: Any, n: int, dtype: Any) -> Any:
+        return rng.normal(0, 0.02, n // np.dtype(dtype).itemsize).astype(dtype)
+
+    def bfloat16(rng: Any, n: int) -> bytes:
+        return (weights(rng, 2 * n, np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
+
+    def int8(rng: Any, n: int) -> bytes:
+        return np.clip(np.round(rng.normal(0, 40, n)), -127, 127).astype(np.int8).tobytes()
+
+    def sparse(rng: Any, n: int) -> bytes:
+        values = weights(rng, n, np.float32)
+        values[rng.random(values.size) < 0.9] = 0
+        return values.tobytes()
+
+    def vocabulary(rng: Any, n: int) -> bytes:
+        words = {f"token_{i}_{rng.integers(1 << 30):x}": i for i in range(n // 24)}
+        return json.dumps(words).encode()[:n]
+
+    def csv(rng: Any, n: int) -> bytes:
+        rows = ["id,age,income,region,score"]
+        regions = ["north", "south", "east", "west"]
+        for i in range(n // 40):
+            age, income = rng.integers(18, 90), rng.lognormal(10.5, 0.5)
+            rows.append(f"{i},{age},{income:.2f},{regions[i % 4]},{rng.random():.6f}")
+        return "\n".join(rows).encode()[:n]
+
+    def xgboost_model(rng: Any, n: int) -> bytes:
+        import xgboost as xgb
+
+        features = rng.normal(size=(4000, 20))
+        labels = (features[:, 0] + rng.normal(size=4000) > 0).astype(float)
+        params = {"max_depth": 6, "eta": 0.1, "nthread": 1, "seed": 0}
+        rounds = max(10, n // 20_000)
+        booster = xgb.train(params, xgb.DMatrix(features, label=labels), num_boost_round=rounds)
+        return bytes(booster.save_raw("ubj"))[:n]
+
+    def pandas_frame(rng: Any, n: int) -> bytes:
+        import pickle
+
+        import pandas as pd
+
+        rows = n // 40
+        frame = pd.DataFrame(
+            {
+                "id": np.arange(rows),
+                "amount": rng.lognormal(3, 1, rows),
+                "ratio": rng.random(rows).astype(np.float32),
+                "region": pd.Categorical(rng.choice(["north", "south", "east", "west"], rows)),
+                "label": rng.integers(0, 2, rows).astype(np.int8),
+                "note": [f"row {i}" for i in range(rows)],
+            }
+        )
+        return pickle.dumps(frame, protocol=4)[:n]
+
+    return {
+        "float32": lambda rng, n: weights(rng, n, np.float32).tobytes(),
+        "float16": lambda rng, n: weights(rng, n, np.float16).tobytes(),
+        "bf16": bfloat16,
+        "int8": int8,
+        "sparse-float32": sparse,
+        "json": vocabulary,
+        "csv": csv,
+        "xgboost-model": xgboost_model,
+        "pandas-pickle": pandas_frame,
+    }
+
+
 def make_model(directory: Path, size_mb: int) -> None:
     """A synthetic model: half weights, a quarter embeddings, sparse layers, a vocabulary."""
     import numpy as np

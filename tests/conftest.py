@@ -274,8 +274,13 @@ def find_pythons() -> dict[str, str]:
 STARTS = {"extract": "INFO model archive: ", "compress": "INFO compress: level"}
 
 
-def stop_during(job: Job, phase: str, signum: int, python: str = sys.executable) -> tuple[int, str]:
-    """Start the job, send signum once it logs the line before that phase; return (code, log)."""
+def stop_during(
+    job: Job, phase: str, signum: int, python: str = sys.executable, delay: float = 0.1
+) -> tuple[int, str]:
+    """Start the job, send signum delay s after it logs the line before that phase.
+
+    Returns (exit code, log); a job that does not end within 60 s fails the test.
+    """
     process = subprocess.Popen(
         [python, str(SCRIPT), *map(str, job.args("--compression-level", "9"))],
         stdout=subprocess.PIPE,
@@ -287,7 +292,7 @@ def stop_during(job: Job, phase: str, signum: int, python: str = sys.executable)
     for line in process.stdout:
         log.append(line)
         if STARTS[phase] in line:
-            time.sleep(0.1)
+            time.sleep(delay)
             process.send_signal(signum)
             break
     log.extend(process.stdout)

@@ -6,13 +6,17 @@ import gzip
 import io
 import os
 import random
+import struct
 import subprocess
+import sys
 import tarfile
 import threading
 import tracemalloc
 import zlib
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import mims_package
@@ -31,9 +35,15 @@ def sample(size: int, seed: int = 0) -> bytes:
     return bytes(out[:size])
 
 
-def compress(data: bytes, level: int = 6, threads: int = 2, piece: int | None = None) -> bytes:
+def compress(
+    data: bytes,
+    level: int = 6,
+    threads: int = 2,
+    piece: int | None = None,
+    adaptive: bool = True,
+) -> bytes:
     out = io.BytesIO()
-    with GzipWriter(out, level, threads) as writer:
+    with GzipWriter(out, level, threads, adaptive) as writer:
         step = piece or max(len(data), 1)
         for start in range(0, len(data), step):
             writer.write(data[start : start + step])
@@ -95,7 +105,7 @@ def test_matches_reach_back_across_chunk_cuts(monkeypatch: pytest.MonkeyPatch) -
     repeated = block * 200  # four chunks; each starts inside a repeat of the block
     with_window = compress(repeated)
     real = mims_package._deflate_chunk
-    monkeypatch.setattr(mims_package, "_deflate_chunk", lambda c, w, lv: real(c, b"", lv))
+    monkeypatch.setattr(mims_package, "_deflate_chunk", lambda c, w, *a: real(c, b"", *a))
     without_window = compress(repeated)
     assert zlib.decompress(without_window, 31) == repeated
     # Without the previous chunk's window, each of the 3 later chunks re-sends the block.
@@ -139,11 +149,11 @@ def test_worker_failure_reaches_the_caller_and_leaves_no_thread(
     real = mims_package._deflate_chunk
     calls = []
 
-    def failing(chunk: bytes, window: bytes, level: int) -> tuple[bytes, int, int]:
+    def failing(chunk: bytes, window: bytes, *coding: Any) -> tuple[bytes, int, int]:
         calls.append(1)
         if len(calls) == 3:
             raise MemoryError("worker failed")
-        return real(chunk, window, level)
+        return real(chunk, window, *coding)
 
     monkeypatch.setattr(mims_package, "_deflate_chunk", failing)
     with pytest.raises(MemoryError, match="worker failed"):
@@ -234,3 +244,57 @@ def test_package_bytes_do_not_depend_on_threads(tmp_path: Path) -> None:
         assert f"{threads} threads" in result.stdout
         packages.append((out / "model.tar.gz").read_bytes())
     assert len(set(packages)) == 1
+
+
+# Adaptive coding: Huffman codes alone where they code smaller, the level elsewhere.
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchmark import data_types  # noqa: E402
+
+TYPES = data_types()
+
+
+@pytest.mark.parametrize("kind", sorted(TYPES))
+def test_adaptive_coding_is_never_larger_than_the_level(kind: str) -> None:
+    data = TYPES[kind](np.random.default_rng(7), 3 * MIB)
+    adaptive, plain = compress(data), compress(data, adaptive=False)
+    assert len(adaptive) <= len(plain)
+    assert gzip.decompress(adaptive) == data
+
+
+def test_dense_weights_choose_huffman_and_text_chooses_matching() -> None:
+    rng = np.random.default_rng(3)
+    assert mims_package.choose_strategy(TYPES["float32"](rng, MIB), 6) == zlib.Z_HUFFMAN_ONLY
+    assert mims_package.choose_strategy(TYPES["json"](rng, MIB), 6) == zlib.Z_DEFAULT_STRATEGY
+
+
+def test_no_adaptive_codes_every_chunk_at_the_level() -> None:
+    """--no-adaptive gives the stream of 1.0: each chunk deflated at the level, window-primed."""
+    data = TYPES["float32"](np.random.default_rng(5), 2 * MIB + 1000)
+    expected = bytearray(mims_package._gzip_header(6))
+    window = b""
+    for start in range(0, len(data), CHUNK_SIZE):
+        chunk = data[start : start + CHUNK_SIZE]
+        deflate = mims_package._raw_deflate(6, zlib.Z_DEFAULT_STRATEGY, window)
+        expected += deflate.compress(chunk) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        window = chunk[-mims_package.WINDOW_SIZE :]
+    expected += b"\x03\x00" + struct.pack("<II", zlib.crc32(data), len(data))
+    assert compress(data, adaptive=False) == bytes(expected)
+    assert compress(data) != bytes(expected)  # the adaptive stream codes these with Huffman
+
+
+def test_the_cli_codes_adaptively_unless_told_not_to(tmp_path: Path) -> None:
+    from conftest import run_cli, write_tree
+
+    write_tree(tmp_path / "model", {"w.bin": TYPES["float32"](np.random.default_rng(1), 3 * MIB)})
+    write_tree(tmp_path / "script", {"inference.py": ""})
+    sizes = {}
+    for flag in ("", "--no-adaptive"):
+        out = tmp_path / f"out{flag}"
+        args = ["--model-dir", tmp_path / "model", "--script-dir", tmp_path / "script"]
+        result = run_cli(*args, "--output-dir", out, *([flag] if flag else []))
+        assert result.returncode == 0, result.stdout
+        coding = "every chunk at the level" if flag else "adaptive"
+        assert f"compress: level 6 ({coding})" in result.stdout
+        sizes[flag] = (out / "model.tar.gz").stat().st_size
+    assert sizes[""] < sizes["--no-adaptive"]

@@ -99,7 +99,10 @@ def package(model: Path, out: Path, work: Path, epoch: str | None = None) -> Pat
         {"model_input": str(model)},
         {"package_output": str(out)},
         environ,
-        argparse.Namespace(work_dir=str(work), compression_level=1),
+        # Any name may come up: nothing is excluded, and a file named id_rsa is just a name.
+        argparse.Namespace(
+            work_dir=str(work), compression_level=1, no_default_excludes=True, allow_secrets=True
+        ),
     )
 
 

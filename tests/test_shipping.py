@@ -87,23 +87,35 @@ def test_an_empty_exclude_pattern_is_refused(job: Job) -> None:
 
 
 SECRETS = {
-    "pem-rsa": ("keys/deploy.pem", "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n", "a private key"),
-    "pem-openssh": ("k", "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n", "a private key"),
-    "pem-ec": ("k.txt", "x\n-----BEGIN EC PRIVATE KEY-----\n", "a private key"),
-    "pem-encrypted": ("k", "-----BEGIN ENCRYPTED PRIVATE KEY-----\n", "a private key"),
-    "pem-pkcs8": ("k", "-----BEGIN PRIVATE KEY-----\n", "a private key"),
-    "pem-dsa": ("k", "-----BEGIN DSA PRIVATE KEY-----\n", "a private key"),
+    "pem-rsa": (
+        "keys/deploy.pem",
+        "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n",
+        "it holds a private key (PEM)",
+    ),
+    "pem-openssh": (
+        "k",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n",
+        "it holds a private key (PEM)",
+    ),
+    "pem-ec": ("k.txt", "x\n-----BEGIN EC PRIVATE KEY-----\n", "it holds a private key (PEM)"),
+    "pem-encrypted": (
+        "k",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\n",
+        "it holds a private key (PEM)",
+    ),
+    "pem-pkcs8": ("k", "-----BEGIN PRIVATE KEY-----\n", "it holds a private key (PEM)"),
+    "pem-dsa": ("k", "-----BEGIN DSA PRIVATE KEY-----\n", "it holds a private key (PEM)"),
     "aws-pair": (
         "settings.py",
         f"AWS_ACCESS_KEY_ID = '{KEY_ID}'\nAWS_SECRET_ACCESS_KEY = '{SECRET}'\n",
-        "an AWS access key id with a secret access key",
+        "it holds an AWS access key id with a secret access key",
     ),
-    "dotenv": (".env", "DEBUG=1\n", "a .env file"),
-    "netrc": (".netrc", "machine x\n", "a .netrc file"),
-    "pgpass": ("db/.pgpass", "h:5432:d:u:p\n", "a .pgpass file"),
-    "aws-credentials": (".aws/credentials", "[default]\n", "an AWS credentials file"),
-    "id_rsa": ("ssh/id_rsa", "x", "a id_rsa file"),
-    "id_ed25519": ("id_ed25519", "x", "a id_ed25519 file"),
+    "dotenv": (".env", "DEBUG=1\n", "credentials file (.env)"),
+    "netrc": (".netrc", "machine x\n", "credentials file (.netrc)"),
+    "pgpass": ("db/.pgpass", "h:5432:d:u:p\n", "credentials file (.pgpass)"),
+    "aws-credentials": (".aws/credentials", "[default]\n", "credentials file (.aws/credentials)"),
+    "id_rsa": ("ssh/id_rsa", "x", "credentials file (id_rsa)"),
+    "id_ed25519": ("id_ed25519", "x", "credentials file (id_ed25519)"),
 }
 
 
@@ -119,7 +131,7 @@ def test_credentials_are_refused_naming_the_file_not_the_secret(
     write_tree(root, {name: content})
     result = job.cli("--calibration-dir", calibration)
     prefix = {"script": "code/", "calibration": "calibration/", "loose-model": ""}[where]
-    assert_refused(result, job, f"{prefix}{name} holds {what}", "--allow-secrets")
+    assert_refused(result, job, f"{prefix}{name}: ", what, "--allow-secrets")
     assert SECRET not in result.stdout and "PRIVATE KEY" not in result.stdout
     assert not job.output.exists()
 
@@ -130,7 +142,8 @@ def test_allow_secrets_warns_and_ships(job: Job) -> None:
     result = job.cli("--allow-secrets")
     assert result.returncode == 0, result.stdout
     assert (
-        "WARNING code/.env holds a .env file; shipped because of --allow-secrets" in result.stdout
+        "WARNING code/.env: its name marks a credentials file (.env); "
+        "shipped because of --allow-secrets" in result.stdout
     )
     assert "code/.env" in files_of(job.package)
 
@@ -151,7 +164,7 @@ def test_what_is_not_a_credential_passes(job: Job, content: str) -> None:
     write_tree(job.script, {"config.py": content})
     result = job.cli()
     assert result.returncode == 0, result.stdout
-    assert " holds " not in result.stdout
+    assert "credentials must not ship" not in result.stdout and "WARNING" not in result.stdout
 
 
 def test_large_and_binary_files_are_not_read_for_credentials(job: Job) -> None:
@@ -169,7 +182,7 @@ def test_a_model_archive_is_not_scanned_but_its_code_is(job: Job) -> None:
     job.package.unlink()
     write_tree(trained, {"code/key.pem": pem})
     archive_tree(trained, job.model / "model.tar.gz")
-    assert_refused(job.cli(), job, "code/key.pem holds a private key")
+    assert_refused(job.cli(), job, "code/key.pem: it holds a private key")
 
 
 def copy_of_inputs(job: Job, name: str, when: str) -> tuple[Path, Path]:
