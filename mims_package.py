@@ -350,11 +350,16 @@ class _Phase:
 
 @contextlib.contextmanager
 def _phase(name: str) -> Iterator[_Phase]:
-    """Log one line when the phase is done: what it did and how long it took."""
-    start = time.monotonic()
+    """Log one line when the phase is done: what it did, how long it took, the CPU it used.
+
+    The CPU-seconds are the whole process's, on every thread: during compress
+    they include the read-back, which runs beside it.
+    """
+    start, cpu = time.monotonic(), time.process_time()
     phase = _Phase()
     yield phase
-    log.info("%s: %s in %.2f s", name, phase.amount, time.monotonic() - start)
+    seconds, cpu_seconds = time.monotonic() - start, time.process_time() - cpu
+    log.info("%s: %s in %.2f s (%.2f CPU-s)", name, phase.amount, seconds, cpu_seconds)
 
 
 class _Progress:

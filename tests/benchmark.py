@@ -2,6 +2,7 @@
 """Benchmark mims_package.py against gzip, pigz and the naive tarfile baseline.
 
     python3 tests/benchmark.py [--size-mb 300,1000] [--runs 3] [--threads N]
+    python3 tests/benchmark.py --types all [--size-mb 64]     (or --types float32,json,...)
 
 It measures; it asserts nothing, and pytest does not collect it. For each size
 it generates a synthetic model with a fixed seed, as a directory and as a
@@ -12,7 +13,15 @@ within each round, and reports the median of the rounds:
 * tar -cf - | gzip -6, and tar -cf - | pigz -6 -p N (when pigz is installed);
 * for the tar input: tar -xzf into a staging dir, then tar | pigz;
 * naive: extract or copy into a staging dir, then tarfile.open(..., "w:gz") at
-  its default level, as the original script did.
+  its default level, as the original script did;
+* ours --no-adaptive and tar | pigz -H (Huffman codes only), so that adaptive
+  coding is seen against each single setting.
+
+With --types, it instead makes one file of each kind of model data (float32,
+float16, bf16, int8, sparse float32, JSON, CSV, an XGBoost model, a pickled
+pandas frame) and reports, per kind, the size and time of adaptive coding, of
+coding at the level, of pigz -6 and of pigz -H. Our job's phases log their
+CPU-seconds, which the mix table reports per phase.
 
 Peak RSS is measured on each process of a command by GNU time (/usr/bin/time
 -f %M, which forks it from a small process), and summed over a pipeline's
@@ -181,8 +190,9 @@ class Contender:
     command: list[str]
     output: Path
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
     rss_kb: int = 0
-    compress_seconds: list[float] = field(default_factory=list)
+    phases: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def rss_file(self) -> Path:
@@ -198,7 +208,7 @@ def run_measured(contender: Contender) -> None:
     for path in (contender.output, contender.rss_file):
         if path.exists():
             path.unlink()
-    timer = f"{GNU_TIME} -f %M -a -o '{contender.rss_file}'"
+    timer = f"{GNU_TIME} -f '%M %U %S' -a -o '{contender.rss_file}'"
     command = [part.replace("{T}", timer) for part in contender.command]
     start = time.perf_counter()
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -207,11 +217,14 @@ def run_measured(contender: Contender) -> None:
     if result.returncode:
         raise SystemExit(f"{contender.name} failed ({result.returncode}):\n{log}")
     contender.seconds.append(seconds)
-    peaks = [int(line) for line in contender.rss_file.read_text().split() if line.isdigit()]
-    contender.rss_kb = max(contender.rss_kb, sum(peaks))
-    found = re.search(r"compress: .* in ([\d.]+) s$", log, re.M)
-    if found:
-        contender.compress_seconds.append(float(found.group(1)))
+    processes = [line.split() for line in contender.rss_file.read_text().splitlines()]
+    processes = [p for p in processes if len(p) == 3 and p[0].isdigit()]
+    contender.rss_kb = max(contender.rss_kb, sum(int(p[0]) for p in processes))
+    contender.cpu_seconds.append(sum(float(p[1]) + float(p[2]) for p in processes))
+    for name, wall, cpu in re.findall(
+        r"INFO (\w+): .* in ([\d.]+) s \(([\d.]+) CPU-s\)$", log, re.M
+    ):
+        contender.phases.setdefault(name, []).append((float(wall), float(cpu)))
 
 
 def ours(name: str, model: Path, out: Path, work: Path, *extra: str) -> Contender:
@@ -270,8 +283,14 @@ def contenders(
             out("pigz"),
         ),
         "naive": naive(model, "naive"),
+        "pigz-H": shell(
+            f"tar | pigz -H -p {threads}",
+            f"{{T}} tar -cf - -C '{model}' . | {{T}} pigz -H -p {threads} > '{out('pigz-H')}'",
+            out("pigz-H"),
+        ),
         "ours-t1": ours("ours --threads 1", model, out("ours-t1"), work, "--threads", "1"),
         "ours-t4": ours("ours --threads 4", model, out("ours-t4"), work, "--threads", "4"),
+        "ours-fixed": ours("ours --no-adaptive", model, out("ours-fixed"), work, "--no-adaptive"),
     }
     extract_then_pigz = (
         f"rm -rf '{stage}' && mkdir '{stage}' && {{T}} tar -xzf '{archive}' -C '{stage}' && "
@@ -283,7 +302,7 @@ def contenders(
         "naive": naive(archive, "naive-tar"),
     }
     if not shutil.which("pigz"):
-        del directory["pigz"], tar_input["pigz"]
+        del directory["pigz"], directory["pigz-H"], tar_input["pigz"]
     return {"directory": directory, "model.tar.gz": tar_input}
 
 
@@ -317,16 +336,81 @@ def report(size_mb: int, kind: str, group: list[Contender], gzip_size: int | Non
         size_ratio = f"{size / gzip_size:.4f}" if gzip_size else "-"
         rows.append(
             f"| {size_mb} MB | {kind} | {contender.name.replace('|', chr(92) + '|')} | "
-            f"{contender.median:.2f} | "
+            f"{contender.median:.2f} | {statistics.median(contender.cpu_seconds):.2f} | "
             f"{ratio:.2f}x | {size_ratio} | {contender.rss_kb / 1024:.0f} |"
         )
     return rows
+
+
+def phase_note(size_mb: int, kind: str, contender: Contender) -> str:
+    """The job's phases: median wall and CPU seconds of each."""
+    parts = []
+    for name, runs in contender.phases.items():
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        parts.append(f"{name} {wall:.2f} s / {cpu:.2f} CPU-s")
+    return f"{size_mb} MB {kind}, {contender.name}: " + ", ".join(parts)
 
 
 def helper(*args: str) -> str:
     """Run this file in a subprocess for work that must not grow this process."""
     command = [sys.executable, __file__, *args]
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+
+def compress_file(path: Path, adaptive: bool, threads: int) -> tuple[int, float]:
+    """Our gzip writer alone on one file: (compressed size, seconds)."""
+    sys.path.insert(0, str(ROOT))
+    import mims_package
+
+    class Counter:
+        size = 0
+
+        def write(self, data: bytes) -> None:
+            Counter.size += len(data)
+
+    data = path.read_bytes()
+    start = time.perf_counter()
+    with mims_package.GzipWriter(Counter(), 6, threads, adaptive) as writer:
+        for offset in range(0, len(data), 1 << 20):
+            writer.write(data[offset : offset + (1 << 20)])
+    return Counter.size, time.perf_counter() - start
+
+
+def timed_size(command: str) -> tuple[int, float]:
+    start = time.perf_counter()
+    out = subprocess.run(command, shell=True, check=True, capture_output=True).stdout
+    return len(out), time.perf_counter() - start
+
+
+def compare_types(kinds: list[str], size_mb: int, threads: int, runs: int, scratch: Path) -> None:
+    """Per kind of data: adaptive coding, the level, pigz -6 and pigz -H, vs gzip -6's size."""
+    import numpy as np
+
+    makers = data_types()
+    rows = [
+        "| data | MB | gzip -6 ratio | adaptive: size, s | level 6: size, s | pigz -6: size, s "
+        "| pigz -H: size, s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in kinds:
+        path = scratch / f"{kind}.bin"
+        path.write_bytes(makers[kind](np.random.default_rng(SEED), size_mb * 1_000_000))
+        reference = timed_size(f"gzip -6 -c '{path}'")[0]
+        results = []
+        for adaptive in (True, False):
+            command = ("--compress-file", str(path), str(adaptive), str(threads))
+            found = [helper(*command).split() for _ in range(runs)]
+            size = int(found[0][0])
+            results.append((size, statistics.median(float(f[1]) for f in found)))
+        for flags in ("-6", "-H"):
+            measured = [timed_size(f"pigz {flags} -p {threads} -c '{path}'") for _ in range(runs)]
+            results.append((measured[0][0], statistics.median(m[1] for m in measured)))
+        cells = " | ".join(f"{size / reference:.4f}, {seconds:.2f}" for size, seconds in results)
+        mb = path.stat().st_size / 1e6
+        rows.append(f"| {kind} | {mb:.0f} | {reference / path.stat().st_size:.3f} | {cells} |")
+        path.unlink()
+    print("\n".join(rows))
 
 
 def main() -> None:
@@ -336,6 +420,10 @@ def main() -> None:
     if sys.argv[1:2] == ["--writer-scaling"]:
         print(*writer_scaling(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
         return
+    if sys.argv[1:2] == ["--compress-file"]:
+        adaptive = sys.argv[3] == "True"
+        print(*compress_file(Path(sys.argv[2]), adaptive, int(sys.argv[4])))
+        return
     if not Path(GNU_TIME).exists():
         raise SystemExit(f"{GNU_TIME} is missing: apt-get install time")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -343,50 +431,24 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="rounds; the median is reported")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--work-dir", default=None, help="scratch space (default: system temp)")
+    parser.add_argument(
+        "--types", default=None, help="'all' or kinds of data, comma-separated: a table per kind"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.size_mb.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="mims-bench-", dir=args.work_dir))
-    table = [
-        "| model | input | command | median s | time vs ours | size vs gzip -6 | peak RSS MB, "
-        "summed over its processes |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    notes = []
+    print_machine(args)
     try:
-        for size_mb in sizes:
-            base = scratch / f"{size_mb}"
-            model, archive_dir, work = base / "model", base / "archive", base / "work"
-            helper("--generate", str(model), str(size_mb))
-            archive_dir.mkdir(parents=True)
-            work.mkdir()
-            subprocess.run(
-                f"tar -cf - -C '{model}' . | gzip -1 > '{archive_dir}/model.tar.gz'",
-                shell=True,
-                check=True,
-            )
-            groups = contenders(model, archive_dir, work, args.threads)
-            for _ in range(args.runs):
-                for group in groups.values():
-                    for contender in group.values():
-                        run_measured(contender)
-            directory = groups["directory"]
-            gzip_size = directory["gzip"].output.stat().st_size
-            for kind, group in groups.items():
-                table += report(size_mb, kind, list(group.values()), gzip_size)
-            one, many = map(
-                float,
-                helper("--writer-scaling", str(model), str(args.threads), str(args.runs)).split(),
-            )
-            t1 = statistics.median(directory["ours-t1"].compress_seconds)
-            tn = statistics.median(directory["ours"].compress_seconds)
-            notes.append(
-                f"{size_mb} MB: compression alone 1 -> {args.threads} threads: {one:.2f} s -> "
-                f"{many:.2f} s ({one / many:.2f}x); the job's compress phase (read-back "
-                f"overlapped): {t1:.2f} s -> {tn:.2f} s ({t1 / tn:.2f}x)"
-            )
-            shutil.rmtree(base)
+        if args.types:
+            kinds = list(data_types()) if args.types == "all" else args.types.split(",")
+            compare_types(kinds, sizes[0], args.threads, args.runs, scratch)
+        else:
+            compare_mix(sizes, args, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def print_machine(args: argparse.Namespace) -> None:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -399,6 +461,48 @@ def main() -> None:
     print(f"{datetime.date.today()}, {cpu}, {os.cpu_count()} CPUs, Python {python}, ")
     print(f"{args.runs} rounds, median; level 6, {args.threads} threads")
     print()
+
+
+def compare_mix(sizes: list[int], args: argparse.Namespace, scratch: Path) -> None:
+    """The synthetic model mix, as a directory and as a model.tar.gz, against every peer."""
+    table = [
+        "| model | input | command | median s | CPU-s | time vs ours | size vs gzip -6 "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for size_mb in sizes:
+        base = scratch / f"{size_mb}"
+        model, archive_dir, work = base / "model", base / "archive", base / "work"
+        helper("--generate", str(model), str(size_mb))
+        archive_dir.mkdir(parents=True)
+        work.mkdir()
+        subprocess.run(
+            f"tar -cf - -C '{model}' . | gzip -1 > '{archive_dir}/model.tar.gz'",
+            shell=True,
+            check=True,
+        )
+        groups = contenders(model, archive_dir, work, args.threads)
+        for _ in range(args.runs):
+            for group in groups.values():
+                for contender in group.values():
+                    run_measured(contender)
+        directory = groups["directory"]
+        gzip_size = directory["gzip"].output.stat().st_size
+        for kind, group in groups.items():
+            table += report(size_mb, kind, list(group.values()), gzip_size)
+            notes.append(phase_note(size_mb, kind, group["ours"]))
+        one, many = map(
+            float,
+            helper("--writer-scaling", str(model), str(args.threads), str(args.runs)).split(),
+        )
+        t1, tn = directory["ours-t1"].median, directory["ours"].median
+        notes.append(
+            f"{size_mb} MB: compression alone 1 -> {args.threads} threads: {one:.2f} s -> "
+            f"{many:.2f} s ({one / many:.2f}x); the whole job: {t1:.2f} s -> {tn:.2f} s "
+            f"({t1 / tn:.2f}x)"
+        )
+        shutil.rmtree(base)
     print("\n".join(table))
     print()
     print("\n".join(notes))

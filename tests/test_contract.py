@@ -185,7 +185,9 @@ def test_logs_go_to_stdout_with_timestamps_and_a_summary(job: Job) -> None:
         ("compress", "1.0 KB in"),
         ("verify", r"\d+ B read back"),
     ):
-        lines = re.findall(rf"INFO {phase}: .* in \d+\.\d\d s$", result.stdout, re.M)
+        lines = re.findall(
+            rf"INFO {phase}: .* in \d+\.\d\d s \(\d+\.\d\d CPU-s\)$", result.stdout, re.M
+        )
         assert len(lines) == 1 and re.search(rf"{phase}: {amount} in", lines[0]), phase
     assert re.search(
         r"package .*: 1 files, 1\.0 KB in, .* out, ratio 0\.\d+, .* s, .* MB/s, "
