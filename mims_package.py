@@ -884,11 +884,16 @@ class TarReader:
         self._exactly(-size % BLOCK_SIZE, what)
         return data
 
-    def data(self) -> Iterator[bytes]:
-        """The current member's bytes, in pieces of at most IO_BLOCK_SIZE."""
+    def data(self) -> Iterator[memoryview]:
+        """The current member's bytes, in pieces of at most IO_BLOCK_SIZE, not copied."""
         while self._remaining:
-            piece = self._exactly(min(self._remaining, IO_BLOCK_SIZE), "a member's data")
-            self._remaining -= len(piece)
+            if self._position == len(self._buffer) and not self._fill():
+                raise ArchiveError("the archive ends inside a member's data (truncated)")
+            size = min(self._remaining, len(self._buffer) - self._position, IO_BLOCK_SIZE)
+            piece = memoryview(self._buffer)[self._position : self._position + size]
+            self._position += size
+            self.offset += size
+            self._remaining -= size
             yield piece
 
     def _finish(self, start: int) -> None:
@@ -1649,7 +1654,7 @@ class Record:
     size: int
     mode: int
     mtime: int
-    sha256: str
+    crc32: str  # of the content, in hex ("" for a directory): it catches any corruption
 
 
 def plan_members(
@@ -1956,8 +1961,8 @@ def _cgroup_cpu_quota() -> Optional[float]:
 
 
 def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
-    """Stream one file into sink; return its SHA-256, refusing a file that changed size."""
-    digest = hashlib.sha256()
+    """Stream one file into sink; return its CRC-32 in hex, refusing a file that changed size."""
+    crc = 0
     copied = 0
     with open(member.path, "rb", buffering=0) as source:
         while copied <= member.size:
@@ -1965,7 +1970,7 @@ def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
             block = source.read(IO_BLOCK_SIZE)
             if not block:
                 break
-            digest.update(block)
+            crc = zlib.crc32(block, crc)
             sink.write(block)
             copied += len(block)
             progress.update(sink.size)
@@ -1975,11 +1980,11 @@ def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
             "bytes); make sure nothing writes to the inputs during the job"
         )
     sink.write(_padding(copied))
-    return digest.hexdigest()
+    return f"{crc:08x}"
 
 
 def write_tar(members: List[Member], sink: GzipWriter) -> List[Record]:
-    """Write members as a PAX tar stream into sink; return what was written, with hashes."""
+    """Write members as a PAX tar stream into sink; return what was written, with CRC-32s."""
     total = sum(member.size for member in members)
     progress = _Progress("compress", total)
     records = []
@@ -2014,16 +2019,16 @@ class _HashingReader:
 
 
 def _decode_package(raw: "_Readable", progress: Optional[_Progress]) -> Tuple[List[Record], str]:
-    """Decode a package from raw; return its members (with SHA-256s) and the file's SHA-256."""
+    """Decode a package from raw; return its members (with CRC-32s) and the file's SHA-256."""
     hashed = _HashingReader(raw)
     reader = TarReader(_Decoder(hashed, many=False, progress=progress))
     records = []
     try:
         for member in reader.members():
-            digest = hashlib.sha256()
+            crc = 0
             for piece in reader.data():
-                digest.update(piece)
-            content = digest.hexdigest() if member.kind == "file" else ""
+                crc = zlib.crc32(piece, crc)
+            content = f"{crc:08x}" if member.kind == "file" else ""
             mtime = int(member.mtime)
             records.append(
                 Record(member.name, member.typeflag, member.size, member.mode, mtime, content)
@@ -2036,7 +2041,7 @@ def _decode_package(raw: "_Readable", progress: Optional[_Progress]) -> Tuple[Li
 
 
 def read_package(path: Path) -> Tuple[List[Record], str]:
-    """Decode the package at path; return its members (with SHA-256s) and the file's SHA-256."""
+    """Decode the package at path; return its members (with CRC-32s) and the file's SHA-256."""
     with open(path, "rb", buffering=0) as raw:
         return _decode_package(raw, None)
 
@@ -2374,7 +2379,7 @@ def _write_and_verify(
         with _os_errors("writing the package", temporary), _ReadBack(temporary, progress) as back:
             with _phase("compress") as phase, GzipWriter(back, level, threads, adaptive) as sink:
                 expected = write_tar(members, sink)
-                phase.amount = f"{_human(total)} in"
+                phase.amount = _human(total)
             with _phase("verify") as phase:
                 digest = _check_decoded(temporary, expected, back.finish)
                 phase.amount = f"{_human(temporary.stat().st_size)} read back"

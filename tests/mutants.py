@@ -244,11 +244,11 @@ MUTANTS = [
     ),
     # Verification.
     Mutant(
-        "verify: compares SHA-256 only",
+        "verify: compares the content checksum only",
         [
             (
                 "    if found != expected:",
-                "    if [r.sha256 for r in found] != [r.sha256 for r in expected]:",
+                "    if [r.crc32 for r in found] != [r.crc32 for r in expected]:",
             )
         ],
         VERIFICATION,
