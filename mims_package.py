@@ -84,7 +84,6 @@ import time
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import (
@@ -95,9 +94,11 @@ from typing import (
     Collection,
     Deque,
     Dict,
+    Iterable,
     Iterator,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Tuple,
     TypeVar,
@@ -155,7 +156,7 @@ DEFAULT_EXCLUDES = (
 # Every member's mtime, unless --keep-mtimes: SOURCE_DATE_EPOCH, else 2000-01-01T00:00:00Z,
 # so that the same content gives the same bytes however the inputs were copied.
 PORTABLE_MTIME = 946_684_800
-SECRET_SCAN_LIMIT = 1 << 20  # files larger than this are not read for credentials
+SECRET_SCAN_LIMIT = IO_BLOCK_SIZE  # larger files are not scanned; smaller come in one read
 SECRET_FILE_NAMES = (".env", ".netrc", ".pgpass", "id_rsa", "id_ed25519")
 
 OPTIONAL_ENV_VARS = {
@@ -393,23 +394,26 @@ class _Progress:
 # Finding the inputs
 
 
-def _walk_tree(root: Path, stoppable: bool = True) -> Iterator[Tuple[Path, os.stat_result]]:
-    """Every entry below root with its lstat, parents before children; links not followed.
+def _walk_tree(
+    root: Union[str, Path], stoppable: bool = True
+) -> Iterator[Tuple[str, os.stat_result]]:
+    """Every entry below root (its path, as text) with its lstat, parents before children.
 
-    Iterative, unlike os.walk and shutil.rmtree before Python 3.12/3.13: an
-    archive can nest directories deeper than Python's recursion limit. A
-    stoppable walk is a safe point at every entry (cleanup walks are not).
+    Links are not followed. Iterative, unlike os.walk and shutil.rmtree before
+    Python 3.12/3.13: an archive can nest directories deeper than Python's
+    recursion limit. A stoppable walk is a safe point at every entry (cleanup
+    walks are not). Paths stay strings: this runs once per file.
     """
-    stack = [root]
+    stack = [os.fspath(root)]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
                 if stoppable:
                     _check_stop()
                 info = entry.stat(follow_symlinks=False)
-                yield Path(entry.path), info
+                yield entry.path, info
                 if stat.S_ISDIR(info.st_mode):
-                    stack.append(Path(entry.path))
+                    stack.append(entry.path)
 
 
 def _has_files(directory: Path) -> bool:
@@ -419,18 +423,24 @@ def _has_files(directory: Path) -> bool:
 
 def _remove_tree(root: Path) -> None:
     """Delete root and everything below it, children before parents, without recursion."""
-    directories = [root]
+    directories = [os.fspath(root)]
     for path, info in _walk_tree(root, stoppable=False):
         if stat.S_ISDIR(info.st_mode):
             directories.append(path)
         else:
-            path.unlink()
+            os.unlink(path)
     for directory in reversed(directories):
-        directory.rmdir()
+        os.rmdir(directory)
 
 
 def _is_inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
+
+
+def _one_regex(globs: Iterator[str]) -> "re.Pattern[str]":
+    """One compiled regex that matches what any of the globs matches (nothing, if none)."""
+    alternatives = [f"(?:{fnmatch.translate(glob)})" for glob in globs]
+    return re.compile("|".join(alternatives) or "(?!)")
 
 
 class Excludes:
@@ -454,11 +464,23 @@ class Excludes:
             anchored = "/" in pattern.rstrip("/")  # "data/raw/" or "/build/"
             self._rules.append((body, pattern.endswith("/"), anchored, pattern))
         self.anchored = any(rule[2] for rule in self._rules)
+        # One regex per kind of rule, so that a path that matches nothing (nearly every
+        # path) costs a few regex matches, not one fnmatch per pattern.
+        self._any = {
+            (dir_only, anchored): _one_regex(
+                glob for glob, d, a, _ in self._rules if (d, a) == (dir_only, anchored)
+            )
+            for dir_only in (False, True)
+            for anchored in (False, True)
+        }
         self.left_out: List[str] = []
 
     def pattern_for(self, relative: str, is_dir: bool) -> Optional[str]:
         """The pattern that leaves this path out (relative to its input's root), if any."""
         name = relative.rsplit("/", 1)[-1]
+        kinds = ((False, False), (False, True)) + (((True, False), (True, True)) if is_dir else ())
+        if not any(self._any[k].match(relative if k[1] else name) for k in kinds):
+            return None
         for glob, dir_only, anchored, pattern in self._rules:
             if (is_dir or not dir_only) and fnmatch.fnmatchcase(
                 relative if anchored else name, glob
@@ -488,11 +510,11 @@ class Excludes:
             )
 
 
-def _check_name(path: Path) -> None:
+def _check_name(path: str) -> None:
     """Refuse a loose input whose name is not valid UTF-8 (tar PAX names must be)."""
     try:
-        os.fsencode(path.name).decode("utf-8")
-    except UnicodeDecodeError:
+        os.path.basename(path).encode("utf-8")  # undecodable bytes are lone surrogates here
+    except UnicodeEncodeError:
         raise PackagingError(
             f"file name {os.fsencode(path)!r} is not valid UTF-8; rename it"
         ) from None
@@ -1549,7 +1571,7 @@ def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
 # Staging: real files and directories only
 
 
-def _link_or_copy(source: Path, dest: Path) -> None:
+def _link_or_copy(source: str, dest: str) -> None:
     """Hard-link source to dest where the filesystem allows, else copy it with its metadata."""
     try:
         os.link(source, dest)
@@ -1575,49 +1597,58 @@ def stage_tree(
     modified.
     """
     root = root.resolve()
-    budget = EXPANSION_LIMIT * sum(1 for _ in _walk_tree(root)) + EXPANSION_ALLOWANCE
+    budget: Optional[int] = None  # set when the first symlink to a directory turns up
+    staged = 0
     dest.mkdir()
-    stack: List[Tuple[Path, Path, str, Tuple[Tuple[int, int], ...]]] = []
     top = os.stat(root)
-    stack.append((root, dest, "", ((top.st_dev, top.st_ino),)))
-    directories: List[Tuple[Path, Path]] = []
+    ancestry: Tuple[Tuple[int, int], ...] = ((top.st_dev, top.st_ino),)  # of the dir walked
+    stack = [(os.fspath(root), os.fspath(dest), "", ancestry)]
+    directories = []
     files = 0
     while stack:
         source_dir, dest_dir, relative_dir, ancestors = stack.pop()
         directories.append((source_dir, dest_dir))
-        with os.scandir(source_dir) as entries:
-            names = sorted(entry.name for entry in entries)
-        for name in names:
+        with os.scandir(source_dir) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+        for entry in entries:
             _check_stop()
-            if dest_dir == dest and name in skip:
+            name, path = entry.name, entry.path
+            if not relative_dir and name in skip:
                 continue
-            path = source_dir / name
             relative = f"{relative_dir}/{name}" if relative_dir else name
-            if excludes is not None and excludes.leaves_out(relative, path.is_dir(), where):
+            is_link = entry.is_symlink()
+            is_dir = os.path.isdir(path) if is_link else entry.is_dir(follow_symlinks=False)
+            if excludes is not None and excludes.leaves_out(relative, is_dir, where):
                 continue
-            budget -= 1
-            if budget < 0:
-                raise PackagingError(
-                    f"symlinks to directories in {root} expand it more than "
-                    f"{EXPANSION_LIMIT}-fold; replace nested directory links by real directories"
-                )
             _check_name(path)
-            real = _resolve_inside(path, root) if path.is_symlink() else path
-            info = os.lstat(real)
+            real, info = path, entry.stat(follow_symlinks=False)
+            if is_link:
+                real = os.fspath(_resolve_inside(Path(path), root))
+                info = os.lstat(real)
+            target = os.path.join(dest_dir, name)
+            staged += 1
             if stat.S_ISDIR(info.st_mode):
                 key = (info.st_dev, info.st_ino)
                 if key in ancestors:
                     raise PackagingError(
                         f"symlink {path} loops back to {real}, a directory that holds it; fix it"
                     )
-                (dest_dir / name).mkdir()
-                stack.append((real, dest_dir / name, relative, (*ancestors, key)))
+                if is_link and budget is None:
+                    entries_in_root = sum(1 for _ in _walk_tree(root))
+                    budget = EXPANSION_LIMIT * entries_in_root + EXPANSION_ALLOWANCE
+                os.mkdir(target)
+                stack.append((real, target, relative, (*ancestors, key)))
             elif stat.S_ISREG(info.st_mode):
-                _link_or_copy(real, dest_dir / name)
+                _link_or_copy(real, target)
                 files += 1
             else:
                 raise PackagingError(
                     f"{path} is not a regular file, directory or symlink; remove it from the input"
+                )
+            if budget is not None and staged > budget:
+                raise PackagingError(
+                    f"symlinks to directories in {root} expand it more than "
+                    f"{EXPANSION_LIMIT}-fold; replace nested directory links by real directories"
                 )
     for source_dir, dest_dir in directories:
         info = os.stat(source_dir)
@@ -1633,20 +1664,18 @@ def _count_files(directory: Path) -> int:
 # What goes into the package
 
 
-@dataclass(frozen=True)
-class Member:
-    """One package member, as planned from the staging tree."""
+class Member(NamedTuple):
+    """One package member, as planned from the staging tree (a tuple: there may be millions)."""
 
     name: str
-    path: Path
+    path: str
     is_dir: bool
     size: int
     mode: int
     mtime: int
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One package member as written or as read back: what verification compares."""
 
     name: str
@@ -1666,6 +1695,7 @@ def plan_members(
     the inputs' own, clamped to SOURCE_DATE_EPOCH when it is set.
     """
     fixed = PORTABLE_MTIME if source_date_epoch is None else source_date_epoch
+    prefix = len(os.path.join(os.fspath(root), ""))
     members = []
     for path, info in _walk_tree(root):
         is_dir = stat.S_ISDIR(info.st_mode)
@@ -1674,16 +1704,9 @@ def plan_members(
             mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
             if source_date_epoch is not None:
                 mtime = min(mtime, source_date_epoch)
-        members.append(
-            Member(
-                name=path.relative_to(root).as_posix(),
-                path=path,
-                is_dir=is_dir,
-                size=0 if is_dir else info.st_size,
-                mode=0o755 if is_dir or info.st_mode & 0o111 else 0o644,
-                mtime=mtime,
-            )
-        )
+        size = 0 if is_dir else info.st_size
+        mode = 0o755 if is_dir or info.st_mode & 0o111 else 0o644
+        members.append(Member(path[prefix:], path, is_dir, size, mode, mtime))
     members.sort(key=lambda member: member.name)
     return members
 
@@ -1706,12 +1729,10 @@ def _credential_name(name: str) -> Optional[str]:
     return None
 
 
-def _credential_content(path: Path) -> Optional[str]:
-    """What credential a small text file holds, if any; binary and large files are not read."""
-    with open(path, "rb") as source:
-        data = source.read(SECRET_SCAN_LIMIT + 1)
-    if len(data) > SECRET_SCAN_LIMIT or b"\0" in data:
-        return None
+def _credential_content(data: bytes) -> Optional[str]:
+    """What credential a small text file's bytes hold, if any; binary data is passed over."""
+    if b"\0" in data or not (b"PRIVATE KEY" in data or b"AKIA" in data or b"ASIA" in data):
+        return None  # the common case, decided without a regex
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -1724,20 +1745,34 @@ def _credential_content(path: Path) -> Optional[str]:
     return None
 
 
-def check_credentials(members: List[Member], scanned: Callable[[str], bool], allow: bool) -> None:
-    """Refuse (or, if allow, warn about) credentials in the members that scanned picks."""
-    for member in members:
-        _check_stop()
-        if member.is_dir or not scanned(member.name):
-            continue
-        found = _credential_name(member.name)
-        if found is None and member.size <= SECRET_SCAN_LIMIT:
-            found = _credential_content(member.path)
+class CredentialCheck:
+    """Refuses credentials in the members that scanned picks (warns instead, if allowed).
+
+    names() looks at every name before anything is written; content() is
+    handed each small file's bytes by write_tar as it packages them, so no
+    file is read twice.
+    """
+
+    def __init__(self, scanned: Callable[[str], bool], allow: bool) -> None:
+        self._scanned = scanned
+        self._allow = allow
+
+    def names(self, members: List[Member]) -> None:
+        for member in members:
+            _check_stop()
+            if not member.is_dir and self._scanned(member.name):
+                self._report(member, _credential_name(member.name))
+
+    def content(self, member: Member, data: bytes) -> None:
+        if len(data) <= SECRET_SCAN_LIMIT and self._scanned(member.name):
+            self._report(member, _credential_content(data))
+
+    def _report(self, member: Member, found: Optional[str]) -> None:
         if found is None:
-            continue
-        if allow:
+            return
+        if self._allow:
             log.warning("%s: %s; shipped because of --allow-secrets", member.name, found)
-            continue
+            return
         raise PackagingError(
             f"{member.name}: {found}; credentials must not ship in a model package (it "
             "goes to S3, the model registry and every endpoint): remove the file from the "
@@ -1959,21 +1994,42 @@ def _cgroup_cpu_quota() -> Optional[float]:
 # ---------------------------------------------------------------------------
 # Writing the tar stream
 
+Inspector = Callable[[Member, bytes], None]
 
-def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
-    """Stream one file into sink; return its CRC-32 in hex, refusing a file that changed size."""
-    crc = 0
-    copied = 0
-    with open(member.path, "rb", buffering=0) as source:
-        while copied <= member.size:
+
+def _file_blocks(path: str, size: int) -> Iterator[bytes]:
+    """A file's bytes in IO_BLOCK_SIZE blocks, reading once past size to see if it grew."""
+    with open(path, "rb", buffering=0) as source:
+        copied = 0
+        while copied <= size:
             _check_stop()
             block = source.read(IO_BLOCK_SIZE)
             if not block:
-                break
-            crc = zlib.crc32(block, crc)
-            sink.write(block)
+                return
             copied += len(block)
-            progress.update(sink.size)
+            yield block
+
+
+def _copy_member(
+    member: Member,
+    blocks: Iterable[bytes],
+    sink: GzipWriter,
+    progress: _Progress,
+    inspect: Optional[Inspector],
+) -> str:
+    """Write one file's blocks into sink; return its CRC-32 in hex; refuse a changed size.
+
+    inspect, if given, sees the bytes of each file that comes in one block.
+    """
+    crc = 0
+    copied = 0
+    for block in blocks:
+        if inspect is not None and not copied and len(block) == member.size:
+            inspect(member, block)
+        crc = zlib.crc32(block, crc)
+        sink.write(block)
+        copied += len(block)
+        progress.update(sink.size)
     if copied != member.size:
         raise PackagingError(
             f"{member.path} changed size while being packaged ({member.size} -> {copied} "
@@ -1983,8 +2039,13 @@ def _copy_member(member: Member, sink: GzipWriter, progress: _Progress) -> str:
     return f"{crc:08x}"
 
 
-def write_tar(members: List[Member], sink: GzipWriter) -> List[Record]:
-    """Write members as a PAX tar stream into sink; return what was written, with CRC-32s."""
+def write_tar(
+    members: List[Member], sink: GzipWriter, inspect: Optional[Inspector] = None
+) -> List[Record]:
+    """Write members as a PAX tar stream into sink; return what was written, with CRC-32s.
+
+    inspect, if given, sees the bytes of every file of at most IO_BLOCK_SIZE.
+    """
     total = sum(member.size for member in members)
     progress = _Progress("compress", total)
     records = []
@@ -1993,7 +2054,10 @@ def write_tar(members: List[Member], sink: GzipWriter) -> List[Record]:
         sink.write(
             member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
         )
-        digest = "" if member.is_dir else _copy_member(member, sink, progress)
+        digest = ""
+        if not member.is_dir:
+            blocks = _file_blocks(member.path, member.size)
+            digest = _copy_member(member, blocks, sink, progress, inspect)
         kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
         records.append(Record(member.name, kind, member.size, member.mode, member.mtime, digest))
     sink.write(bytes(2 * BLOCK_SIZE))  # the end-of-archive marker
@@ -2367,7 +2431,12 @@ def _scanned(loose_model: bool) -> Callable[[str], bool]:
 
 
 def _write_and_verify(
-    members: List[Member], output_dir: Path, level: int, threads: int, adaptive: bool
+    members: List[Member],
+    output_dir: Path,
+    level: int,
+    threads: int,
+    adaptive: bool,
+    inspect: Inspector,
 ) -> Tuple[Path, str, int]:
     """Write the package next to its final name, verify it, then rename it into place."""
     final = output_dir / PACKAGE_NAME
@@ -2378,7 +2447,7 @@ def _write_and_verify(
         progress = _Progress("verify", total)
         with _os_errors("writing the package", temporary), _ReadBack(temporary, progress) as back:
             with _phase("compress") as phase, GzipWriter(back, level, threads, adaptive) as sink:
-                expected = write_tar(members, sink)
+                expected = write_tar(members, sink, inspect)
                 phase.amount = _human(total)
             with _phase("verify") as phase:
                 digest = _check_decoded(temporary, expected, back.finish)
@@ -2450,9 +2519,10 @@ def package(
             tree = _stage_inputs(inputs, staging, patterns)
             members = plan_members(tree, source_date_epoch, keep_mtimes)
             _check_and_log_members(members, loose_model=inputs.archive is None)
-            check_credentials(members, _scanned(inputs.archive is None), allow_secrets)
+            credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
+            credentials.names(members)
             final, digest, size = _write_and_verify(
-                members, output, compression_level, threads, adaptive
+                members, output, compression_level, threads, adaptive, credentials.content
             )
     seconds = time.monotonic() - started
     bytes_in = sum(member.size for member in members)

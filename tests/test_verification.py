@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -35,11 +34,11 @@ def different(member: Member, field: str, tmp_path: Path) -> Member:
     if field == "content":
         other = tmp_path / "other.bin"
         other.write_bytes(b"BRAVO")  # same size, other bytes
-        return dataclasses.replace(member, path=other)
+        return member._replace(path=other)
     if field == "type":  # an empty file where a directory was
         empty = tmp_path / "empty"
         empty.write_bytes(b"")
-        return dataclasses.replace(member, is_dir=False, path=empty, mode=0o755)
+        return member._replace(is_dir=False, path=empty, mode=0o755)
     changes: dict[str, Any] = {
         "name": {"name": "z.bin"},
         "size": {"size": 4},
@@ -50,7 +49,7 @@ def different(member: Member, field: str, tmp_path: Path) -> Member:
         short = tmp_path / "short.bin"
         short.write_bytes(b"brav")
         changes["path"] = short
-    return dataclasses.replace(member, **changes)
+    return member._replace(**changes)
 
 
 @pytest.mark.parametrize("field", ["name", "type", "size", "mode", "mtime", "content"])
