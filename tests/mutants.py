@@ -234,7 +234,7 @@ MUTANTS = [
     ),
     Mutant(
         "stage: no expansion budget",
-        [("            if budget < 0:", "            if False:")],
+        [("            if budget is not None and staged > budget:", "            if False:")],
         ["tests/test_security.py", *STAGING],
     ),
     Mutant(
@@ -325,6 +325,32 @@ MUTANTS = [
         [("deflate.flush(zlib.Z_SYNC_FLUSH)", "deflate.flush(zlib.Z_FINISH)")],
         GZIP,
     ),
+    # What ships.
+    Mutant(
+        "ship: excludes ignored",
+        [
+            (
+                "        if excludes is not None and excludes.leaves_out(relative, is_dir, where):",
+                "        if False:",
+            )
+        ],
+        ["tests/test_shipping.py"],
+    ),
+    Mutant(
+        "ship: credential contents not checked",
+        [("            inspect(member, block)\n", "            pass\n")],
+        ["tests/test_shipping.py"],
+    ),
+    Mutant(
+        "ship: mtimes from the inputs by default",
+        [
+            (
+                "        mtime = fixed\n        if keep_mtimes:",
+                "        mtime = fixed\n        if True:",
+            )
+        ],
+        ["tests/test_shipping.py", "tests/test_names.py"],
+    ),
     # Cleanup.
     Mutant(
         "cleanup: the staging dir is left behind",
@@ -366,6 +392,16 @@ MUTANTS = [
             )
         ],
         FAILURES,
+    ),
+    Mutant(
+        "failure: a stop signal is never acted on",
+        [
+            (
+                "    if _STOP.signum is not None:\n        raise _Stopped",
+                "    if False:\n        raise _Stopped",
+            )
+        ],
+        ["tests/test_signals.py", "tests/test_faults.py"],
     ),
     Mutant(
         "failure: a stop exits 1, not 128 + signal",
