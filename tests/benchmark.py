@@ -3,6 +3,7 @@
 
     python3 tests/benchmark.py [--size-mb 300,1000] [--runs 3] [--threads N]
     python3 tests/benchmark.py --types all [--size-mb 64]     (or --types float32,json,...)
+    python3 tests/benchmark.py --files 10000,50000,200000       (small-file trees)
 
 It measures; it asserts nothing, and pytest does not collect it. For each size
 it generates a synthetic model with a fixed seed, as a directory and as a
@@ -22,6 +23,11 @@ float16, bf16, int8, sparse float32, JSON, CSV, an XGBoost model, a pickled
 pandas frame) and reports, per kind, the size and time of adaptive coding, of
 coding at the level, of pigz -6 and of pigz -H. Our job's phases log their
 CPU-seconds, which the mix table reports per phase.
+
+With --files, it makes trees of N small files (100 B to 100 KB, source-like
+text, a few directory levels, like a vendored site-packages), loose and as a
+model.tar.gz, and reports each command's time, peak RSS and microseconds per
+file, and our job's phases in microseconds per file.
 
 Peak RSS is measured on each process of a command by GNU time (/usr/bin/time
 -f %M, which forks it from a small process), and summed over a pipeline's
@@ -413,12 +419,95 @@ def compare_types(kinds: list[str], size_mb: int, threads: int, runs: int, scrat
     print("\n".join(rows))
 
 
+def make_file_tree(directory: Path, count: int) -> None:
+    """count small source-like files, 100 B to 100 KB (lognormal), in packages and modules."""
+    import random
+
+    rng = random.Random(SEED)
+    lines = [f"def f{i}(x):\n    return x * {i}\n" for i in range(200)]
+    for index in range(count):
+        folder = directory / f"pkg{index % 50}" / f"mod{(index // 50) % 20}"
+        folder.mkdir(parents=True, exist_ok=True)
+        size = int(min(100_000, max(100, rng.lognormvariate(7.2, 1.0))))
+        text = "".join(rng.choice(lines) for _ in range(size // 25 + 1))[:size]
+        (folder / f"file{index}.py").write_text(text)
+
+
+def compare_files(counts: list[int], args: argparse.Namespace, scratch: Path) -> None:
+    """Trees of many small files, loose and as a model.tar.gz, against tar with pigz and gzip."""
+    pigz = f"pigz -6 -p {args.threads}"
+    table = [
+        "| files | input | command | median s | us per file | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for count in counts:
+        base = scratch / f"files-{count}"
+        tree, archive_dir, work = base / "tree", base / "archive", base / "work"
+        helper("--generate-files", str(tree), str(count))
+        archive_dir.mkdir(parents=True)
+        work.mkdir()
+        archive = archive_dir / "model.tar.gz"
+        subprocess.run(f"tar -cf - -C '{tree}' . | gzip -1 > '{archive}'", shell=True, check=True)
+        out = {key: work / key / "model.tar.gz" for key in ("ours", "pigz", "gzip", "tar", "x")}
+        for path in out.values():
+            path.parent.mkdir()
+        stage = work / "stage"
+        extract_then_pigz = (
+            f"rm -rf '{stage}' && mkdir '{stage}' && {{T}} tar -xzf '{archive}' -C '{stage}' "
+            f"&& {{T}} tar -cf - -C '{stage}' . | {{T}} {pigz} > '{out['x']}'"
+        )
+        groups = {
+            "directory": [
+                ours("ours", tree, out["ours"], work),
+                shell(
+                    "tar | pigz",
+                    f"{{T}} tar -cf - -C '{tree}' . | {{T}} {pigz} > '{out['pigz']}'",
+                    out["pigz"],
+                ),
+                shell(
+                    "tar | gzip -6",
+                    f"{{T}} tar -cf - -C '{tree}' . | {{T}} gzip -6 > '{out['gzip']}'",
+                    out["gzip"],
+                ),
+            ],
+            "model.tar.gz": [
+                ours("ours", archive_dir, out["tar"], work),
+                shell("tar -xzf + tar | pigz", extract_then_pigz, out["x"]),
+            ],
+        }
+        for _ in range(args.runs):
+            for group in groups.values():
+                for contender in group:
+                    run_measured(contender)
+        for kind, group in groups.items():
+            for contender in group:
+                name = contender.name.replace("|", chr(92) + "|")
+                per_file = contender.median / count * 1e6
+                table.append(
+                    f"| {count} | {kind} | {name} | {contender.median:.2f} | {per_file:.0f} | "
+                    f"{contender.rss_kb / 1024:.0f} |"
+                )
+            parts = [
+                f"{phase} {statistics.median(r[0] for r in runs) / count * 1e6:.0f} us"
+                for phase, runs in group[0].phases.items()
+            ]
+            notes.append(f"{count} files, {kind}, ours per file: " + ", ".join(parts))
+        shutil.rmtree(base)
+    print("\n".join(table))
+    print()
+    print("\n".join(notes))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--generate"]:
         make_model(Path(sys.argv[2]), int(sys.argv[3]))
         return
     if sys.argv[1:2] == ["--writer-scaling"]:
         print(*writer_scaling(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+        return
+    if sys.argv[1:2] == ["--generate-files"]:
+        make_file_tree(Path(sys.argv[2]), int(sys.argv[3]))
         return
     if sys.argv[1:2] == ["--compress-file"]:
         adaptive = sys.argv[3] == "True"
@@ -434,6 +523,7 @@ def main() -> None:
     parser.add_argument(
         "--types", default=None, help="'all' or kinds of data, comma-separated: a table per kind"
     )
+    parser.add_argument("--files", default=None, help="small-file tree sizes, comma-separated")
     args = parser.parse_args()
     sizes = [int(size) for size in args.size_mb.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="mims-bench-", dir=args.work_dir))
@@ -442,6 +532,8 @@ def main() -> None:
         if args.types:
             kinds = list(data_types()) if args.types == "all" else args.types.split(",")
             compare_types(kinds, sizes[0], args.threads, args.runs, scratch)
+        elif args.files:
+            compare_files([int(n) for n in args.files.split(",")], args, scratch)
         else:
             compare_mix(sizes, args, scratch)
     finally:
