@@ -419,6 +419,17 @@ def compare_types(kinds: list[str], size_mb: int, threads: int, runs: int, scrat
     print("\n".join(rows))
 
 
+def make_inputs(base: Path, generate: str, amount: int) -> tuple[Path, Path, Path]:
+    """(model dir, dir of its model.tar.gz made with gzip -1, work dir), generated under base."""
+    model, archive_dir, work = base / "model", base / "archive", base / "work"
+    helper(generate, str(model), str(amount))
+    archive_dir.mkdir(parents=True)
+    work.mkdir()
+    archive = archive_dir / "model.tar.gz"
+    subprocess.run(f"tar -cf - -C '{model}' . | gzip -1 > '{archive}'", shell=True, check=True)
+    return model, archive_dir, work
+
+
 def make_file_tree(directory: Path, count: int) -> None:
     """count small source-like files, 100 B to 100 KB (lognormal), in packages and modules."""
     import random
@@ -443,12 +454,8 @@ def compare_files(counts: list[int], args: argparse.Namespace, scratch: Path) ->
     notes = []
     for count in counts:
         base = scratch / f"files-{count}"
-        tree, archive_dir, work = base / "tree", base / "archive", base / "work"
-        helper("--generate-files", str(tree), str(count))
-        archive_dir.mkdir(parents=True)
-        work.mkdir()
+        tree, archive_dir, work = make_inputs(base, "--generate-files", count)
         archive = archive_dir / "model.tar.gz"
-        subprocess.run(f"tar -cf - -C '{tree}' . | gzip -1 > '{archive}'", shell=True, check=True)
         out = {key: work / key / "model.tar.gz" for key in ("ours", "pigz", "gzip", "tar", "x")}
         for path in out.values():
             path.parent.mkdir()
@@ -565,15 +572,7 @@ def compare_mix(sizes: list[int], args: argparse.Namespace, scratch: Path) -> No
     notes = []
     for size_mb in sizes:
         base = scratch / f"{size_mb}"
-        model, archive_dir, work = base / "model", base / "archive", base / "work"
-        helper("--generate", str(model), str(size_mb))
-        archive_dir.mkdir(parents=True)
-        work.mkdir()
-        subprocess.run(
-            f"tar -cf - -C '{model}' . | gzip -1 > '{archive_dir}/model.tar.gz'",
-            shell=True,
-            check=True,
-        )
+        model, archive_dir, work = make_inputs(base, "--generate", size_mb)
         groups = contenders(model, archive_dir, work, args.threads)
         for _ in range(args.runs):
             for group in groups.values():
