@@ -659,7 +659,7 @@ class Inputs:
 
 
 # ---------------------------------------------------------------------------
-# The tar format: the package's headers, packed by hand
+# The tar format: headers packed by hand, and a strict reader of tar streams
 #
 # tarfile's own headers change between Python versions (3.9 stopped writing
 # device numbers for regular files), so the package's headers are packed here
@@ -1368,7 +1368,10 @@ class _Extractor:
         self._replace(name, existing, kind, path)
         if kind == "dir":
             path.mkdir(exist_ok=True)
-            parent.children.setdefault(parts[-1], _Node("dir")).mtime = mtime
+            node = parent.children.get(parts[-1])
+            if node is None or node.kind != "dir":  # new, or in place of a file or link
+                node = parent.children[parts[-1]] = _Node("dir")
+            node.mtime = mtime
             return
         if kind == "symlink":
             self.symlinks[name] = link
@@ -1683,7 +1686,7 @@ class Record(NamedTuple):
     size: int
     mode: int
     mtime: int
-    crc32: str  # of the content, in hex ("" for a directory): it catches any corruption
+    crc32: int  # of the content (0 for a directory): it catches any corruption
 
 
 def plan_members(
@@ -2016,8 +2019,8 @@ def _copy_member(
     sink: GzipWriter,
     progress: _Progress,
     inspect: Optional[Inspector],
-) -> str:
-    """Write one file's blocks into sink; return its CRC-32 in hex; refuse a changed size.
+) -> int:
+    """Write one file's blocks into sink; return its CRC-32; refuse a file that changed size.
 
     inspect, if given, sees the bytes of each file that comes in one block.
     """
@@ -2036,30 +2039,35 @@ def _copy_member(
             "bytes); make sure nothing writes to the inputs during the job"
         )
     sink.write(_padding(copied))
-    return f"{crc:08x}"
+    return crc
 
 
 def write_tar(
-    members: List[Member], sink: GzipWriter, inspect: Optional[Inspector] = None
+    members: List[Member],
+    sink: GzipWriter,
+    inspect: Optional[Inspector] = None,
+    records: Optional[List[Record]] = None,
 ) -> List[Record]:
     """Write members as a PAX tar stream into sink; return what was written, with CRC-32s.
 
     inspect, if given, sees the bytes of every file of at most IO_BLOCK_SIZE.
+    Each member's record is appended to records (a new list if none) as soon
+    as the member is written, so that a reader can check it while writing goes on.
     """
     total = sum(member.size for member in members)
     progress = _Progress("compress", total)
-    records = []
+    records = [] if records is None else records
     for member in members:
         _check_stop()
         sink.write(
             member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
         )
-        digest = ""
+        crc = 0
         if not member.is_dir:
             blocks = _file_blocks(member.path, member.size)
-            digest = _copy_member(member, blocks, sink, progress, inspect)
+            crc = _copy_member(member, blocks, sink, progress, inspect)
         kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
-        records.append(Record(member.name, kind, member.size, member.mode, member.mtime, digest))
+        records.append(Record(member.name, kind, member.size, member.mode, member.mtime, crc))
     sink.write(bytes(2 * BLOCK_SIZE))  # the end-of-archive marker
     sink.write(bytes(-sink.size % RECORD_SIZE))
     return records
@@ -2082,63 +2090,87 @@ class _HashingReader:
         return data
 
 
-def _decode_package(raw: "_Readable", progress: Optional[_Progress]) -> Tuple[List[Record], str]:
-    """Decode a package from raw; return its members (with CRC-32s) and the file's SHA-256."""
+def _decode_package(
+    raw: "_Readable", progress: Optional[_Progress], visit: Callable[[Record], None]
+) -> str:
+    """Decode a package from raw, handing each member to visit; return the file's SHA-256."""
     hashed = _HashingReader(raw)
     reader = TarReader(_Decoder(hashed, many=False, progress=progress))
-    records = []
     try:
         for member in reader.members():
             crc = 0
             for piece in reader.data():
                 crc = zlib.crc32(piece, crc)
-            content = f"{crc:08x}" if member.kind == "file" else ""
             mtime = int(member.mtime)
-            records.append(
-                Record(member.name, member.typeflag, member.size, member.mode, mtime, content)
-            )
+            visit(Record(member.name, member.typeflag, member.size, member.mode, mtime, crc))
     except DECODE_ERRORS as exc:
         if not _is_bad_data(exc):
             raise
         raise PackagingError(f"the package does not decode: {exc}") from None
-    return records, hashed.sha256.hexdigest()
+    return hashed.sha256.hexdigest()
 
 
 def read_package(path: Path) -> Tuple[List[Record], str]:
     """Decode the package at path; return its members (with CRC-32s) and the file's SHA-256."""
+    records: List[Record] = []
     with open(path, "rb", buffering=0) as raw:
-        return _decode_package(raw, None)
+        return records, _decode_package(raw, None, records.append)
 
 
-def _check_decoded(
-    path: Path, expected: List[Record], decode: Callable[[], Tuple[List[Record], str]]
-) -> str:
-    """Run decode and compare what it read with what was meant to be written; return the SHA-256."""
+class _Mismatch(Exception):
+    """A member read back is not the one written: the text says which and how."""
+
+
+class _Expected:
+    """What was meant to be written; each member read back is compared with it in turn.
+
+    Nothing read back is kept, so verification takes no memory per member. The
+    writer appends a member's record before any chunk holding that member's
+    end is written to the file, so the record is always there by the time the
+    reader has read the member; were it not, the check fails (safely).
+    """
+
+    def __init__(self, records: List[Record]) -> None:
+        self.records = records
+        self.seen = 0
+
+    def __call__(self, found: Record) -> None:
+        want = self.records[self.seen] if self.seen < len(self.records) else None
+        if found != want:
+            raise _Mismatch(f"{found.name!r}: wrote {want}, read {found}")
+        self.seen += 1
+
+    def check_all_seen(self) -> None:
+        if self.seen != len(self.records):
+            raise _Mismatch(f"the end: wrote {len(self.records)} members, read {self.seen}")
+
+
+def _check_decoded(path: Path, decode: Callable[[], str]) -> str:
+    """Run decode (which compares as it reads) and explain any failure; return the SHA-256."""
     try:
-        found, file_sha256 = decode()
+        return decode()
+    except _Mismatch as exc:
+        raise PackagingError(
+            f"verification of {path} failed at member {exc}; nothing was published. "
+            "This points to a disk or memory fault: run the job again"
+        ) from None
     except PackagingError as exc:
         raise PackagingError(
             f"verification of {path} failed: {exc}; nothing was published"
         ) from None
-    if found != expected:
-        mismatch = next(
-            (
-                f"{want.name!r}: wrote {want}, read {got}"
-                for want, got in zip(expected, found)
-                if want != got
-            ),
-            f"wrote {len(expected)} members, read {len(found)}",
-        )
-        raise PackagingError(
-            f"verification of {path} failed at member {mismatch}; nothing was published. "
-            "This points to a disk or memory fault: run the job again"
-        )
-    return file_sha256
 
 
 def verify_package(path: Path, expected: List[Record]) -> str:
     """Check the finished package at path against what was meant to be written; return its hash."""
-    return _check_decoded(path, expected, lambda: read_package(path))
+    compare = _Expected(expected)
+
+    def decode() -> str:
+        with open(path, "rb", buffering=0) as raw:
+            digest = _decode_package(raw, None, compare)
+        compare.check_all_seen()
+        return digest
+
+    return _check_decoded(path, decode)
 
 
 class _ReadBack(_ContextManager):
@@ -2152,7 +2184,8 @@ class _ReadBack(_ContextManager):
     compression hides most of its cost.
     """
 
-    def __init__(self, path: Path, progress: _Progress) -> None:
+    def __init__(self, path: Path, progress: _Progress, expected: List[Record]) -> None:
+        self._expected = _Expected(expected)
         self._out = open(path, "wb")  # noqa: SIM115 - closed by __exit__
         self._source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
         self._ready = threading.Condition()
@@ -2160,7 +2193,7 @@ class _ReadBack(_ContextManager):
         self._position = 0
         self._finished = False
         self._cancelled = False
-        self._result: Optional[Tuple[List[Record], str]] = None
+        self._result: Optional[str] = None
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._decode, args=(progress,), name="read-back")
         self._thread.start()
@@ -2172,8 +2205,8 @@ class _ReadBack(_ContextManager):
             self._written += len(data)
             self._ready.notify()
 
-    def finish(self) -> Tuple[List[Record], str]:
-        """Fsync the file, let the reader read to its end; return what it decoded."""
+    def finish(self) -> str:
+        """Fsync the file, let the reader read and check it to its end; return its SHA-256."""
         self._out.flush()
         os.fsync(self._out.fileno())
         with self._ready:
@@ -2185,6 +2218,7 @@ class _ReadBack(_ContextManager):
         if self._error is not None:
             raise self._error
         assert self._result is not None
+        self._expected.check_all_seen()
         return self._result
 
     def read(self, size: int) -> bytes:
@@ -2201,7 +2235,7 @@ class _ReadBack(_ContextManager):
 
     def _decode(self, progress: _Progress) -> None:
         try:
-            self._result = _decode_package(self, progress)
+            self._result = _decode_package(self, progress, self._expected)
         except _Cancelled:
             pass
         except BaseException as exc:
@@ -2443,14 +2477,15 @@ def _write_and_verify(
     total = sum(member.size for member in members)
     coding = "adaptive" if adaptive and level else "every chunk at the level"
     log.info("compress: level %d (%s), %d threads, verified while written", level, coding, threads)
+    expected: List[Record] = []  # filled by write_tar, checked by the read-back as it goes
     with _temporary_file(output_dir) as temporary:
-        progress = _Progress("verify", total)
-        with _os_errors("writing the package", temporary), _ReadBack(temporary, progress) as back:
+        progress, doing = _Progress("verify", total), "writing the package"
+        with _os_errors(doing, temporary), _ReadBack(temporary, progress, expected) as back:
             with _phase("compress") as phase, GzipWriter(back, level, threads, adaptive) as sink:
-                expected = write_tar(members, sink, inspect)
+                write_tar(members, sink, inspect, expected)
                 phase.amount = _human(total)
             with _phase("verify") as phase:
-                digest = _check_decoded(temporary, expected, back.finish)
+                digest = _check_decoded(temporary, back.finish)
                 phase.amount = f"{_human(temporary.stat().st_size)} read back"
         with _os_errors("publishing the package", final):
             os.chmod(temporary, 0o644)

@@ -247,8 +247,8 @@ MUTANTS = [
         "verify: compares the content checksum only",
         [
             (
-                "    if found != expected:",
-                "    if [r.crc32 for r in found] != [r.crc32 for r in expected]:",
+                "        if found != want:",
+                "        if want is None or found.crc32 != want.crc32:",
             )
         ],
         VERIFICATION,

@@ -211,7 +211,7 @@ def test_verify_package_refuses_a_different_member(job: Job) -> None:
     path, records = package_of(job, {"a.bin": b"a", "b.bin": b"b"})
     wrong = [
         records[0],
-        mims_package.Record("b.bin", tarfile.REGTYPE, 1, 0o644, records[1].mtime, "0" * 8),
+        mims_package.Record("b.bin", tarfile.REGTYPE, 1, 0o644, records[1].mtime, 0),
     ]
     with pytest.raises(mims_package.PackagingError, match=r"'b\.bin'"):
         mims_package.verify_package(path, wrong)

@@ -237,3 +237,17 @@ def test_an_escaping_symlink_is_refused_even_if_a_later_member_replaces_it(
         [tar_member("esc", type=SYM, linkname=target), tar_member("esc", b"a file now")],
         "'esc'",
     )
+
+
+def test_a_directory_in_place_of_a_symlink_then_a_file_again(job: Job) -> None:
+    """Found by the hostile-archive property: a symlink, a dir, then a file, all one name."""
+    make_archive(
+        job.model / "model.tar.gz",
+        [
+            tar_member("model.bin", b"m"),
+            tar_member("a/b", type=SYM, linkname="a"),
+            tar_member("a/b", type=tarfile.DIRTYPE),
+            tar_member("a/b", b""),
+        ],
+    )
+    assert_refused(job.cli(), job, "'a/b' would replace a directory")
