@@ -891,12 +891,12 @@ class TarReader:
         return data
 
     def _skip_data(self) -> None:
-        while self._remaining or self._padding:
-            if self._remaining:
-                self._remaining -= len(self._exactly(min(self._remaining, IO_BLOCK_SIZE), "data"))
-            else:
-                self._exactly(self._padding, "the padding after a member")
-                self._padding = 0
+        """Pass over what is left of the current member's data, and its padding."""
+        for _ in self.data():
+            pass
+        if self._padding:
+            self._exactly(self._padding, "the padding after a member")
+            self._padding = 0
 
     def _payload(self, size: int, what: str) -> bytes:
         """An extended header's data, at most MAX_EXTENDED_HEADER bytes, and its padding."""
