@@ -1040,6 +1040,20 @@ GZIP_MAGIC = b"\x1f\x8b"
 DECODE_ERRORS = (ArchiveError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
+@contextlib.contextmanager
+def _bad_data(explain: Callable[[BaseException], PackagingError]) -> Iterator[None]:
+    """Turn a complaint about the bytes read into explain(it); a real I/O error passes on.
+
+    Decoders report bad data as their own errors, or as OSError without an errno.
+    """
+    try:
+        yield
+    except DECODE_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise explain(exc) from None
+
+
 def _gzip_decompressor() -> Any:
     return zlib.decompressobj(16 + zlib.MAX_WBITS)
 
@@ -1187,12 +1201,8 @@ def check_is_tar(archive: Path) -> None:
         head = raw.read(BLOCK_SIZE)
         raw.seek(0)
         compression = _compression(head)
-        try:
+        with _bad_data(functools.partial(_corrupt, archive)):
             first = _first_decoded_block_if_whole(raw) if compression else head
-        except DECODE_ERRORS as exc:
-            if not _is_bad_data(exc):
-                raise
-            raise _corrupt(archive, exc) from None
     if not head:
         raise PackagingError(
             f"model archive {archive} is empty (0 bytes); check that the training job's "
@@ -1542,25 +1552,15 @@ def extract_archive(archive: Path, dest: Path, excludes: Optional[Excludes] = No
     """
     extractor = _Extractor(dest, excludes)
     progress = _Progress("extract", archive.stat().st_size)
-    with open(archive, "rb", buffering=0) as raw:
-        try:
-            with _ReadAhead(_decompressed(raw)) as stream:
-                reader = TarReader(stream)
-                for member in reader.members():
-                    _check_stop()
-                    extractor.add(reader, member)
-                    progress.update(raw.tell())
-        except DECODE_ERRORS as exc:
-            if not _is_bad_data(exc):
-                raise
-            raise _corrupt(archive, exc) from None
+    corrupt = _bad_data(functools.partial(_corrupt, archive))
+    with open(archive, "rb", buffering=0) as raw, corrupt, _ReadAhead(_decompressed(raw)) as stream:
+        reader = TarReader(stream)
+        for member in reader.members():
+            _check_stop()
+            extractor.add(reader, member)
+            progress.update(raw.tell())
     extractor.finish(archive)
     return extractor.size
-
-
-def _is_bad_data(exc: BaseException) -> bool:
-    """True for a complaint about the archive's bytes; False for a real I/O error (with errno)."""
-    return not (isinstance(exc, OSError) and exc.errno is not None)
 
 
 def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
@@ -2096,17 +2096,13 @@ def _decode_package(
     """Decode a package from raw, handing each member to visit; return the file's SHA-256."""
     hashed = _HashingReader(raw)
     reader = TarReader(_Decoder(hashed, many=False, progress=progress))
-    try:
+    with _bad_data(lambda exc: PackagingError(f"the package does not decode: {exc}")):
         for member in reader.members():
             crc = 0
             for piece in reader.data():
                 crc = zlib.crc32(piece, crc)
             mtime = int(member.mtime)
             visit(Record(member.name, member.typeflag, member.size, member.mode, mtime, crc))
-    except DECODE_ERRORS as exc:
-        if not _is_bad_data(exc):
-            raise
-        raise PackagingError(f"the package does not decode: {exc}") from None
     return hashed.sha256.hexdigest()
 
 
