@@ -1143,6 +1143,9 @@ OTHER_FORMATS = (
 REPACK = "make it with: tar -czf model.tar.gz -C <model dir> ."
 
 
+_HIGH_BYTES = bytes(range(128, 256))  # the bytes that a signed checksum counts as negative
+
+
 def _is_tar_header(block: bytes) -> bool:
     """True if block is a tar header whose checksum holds (unsigned or signed, as tar accepts)."""
     if len(block) < BLOCK_SIZE:
@@ -1153,7 +1156,10 @@ def _is_tar_header(block: bytes) -> bool:
         return False
     counted = block[:148] + b" " * 8 + block[156:BLOCK_SIZE]
     unsigned = sum(counted)
-    return stored in (unsigned, unsigned - 256 * sum(byte > 127 for byte in counted))
+    if stored == unsigned:
+        return True
+    high_bytes = BLOCK_SIZE - len(counted.translate(None, _HIGH_BYTES))
+    return stored == unsigned - 256 * high_bytes
 
 
 def _compression(head: bytes) -> Optional[str]:
