@@ -402,3 +402,15 @@ def test_reader_finds_every_member_the_packager_writes() -> None:
     for member in reader.members():
         names.append((member.name, member.size, b"".join(reader.data())))
     assert names == [("é" * 80, 1, b"x"), ("p" * 200, 0, b"")]
+
+
+def test_a_signed_checksum_is_accepted_as_tar_accepts_it() -> None:
+    # Old tars summed the header as signed chars: each byte over 127 counts 256 less.
+    block = bytearray(_ustar_block("caf\xe9.bin".encode(), b"0", 0, 0o644, 0))
+    block[148:156] = b" " * 8
+    signed = sum(block) - 256 * sum(byte > 127 for byte in block)
+    assert signed != sum(block)
+    block[148:155] = b"%06o\0" % signed
+    assert mims_package._is_tar_header(bytes(block))
+    block[148:155] = b"%06o\0" % (signed - 1)
+    assert not mims_package._is_tar_header(bytes(block))
