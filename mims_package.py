@@ -9,8 +9,9 @@ Script Contract). It reads
 * the inference code from ``/opt/ml/processing/input/script``, and
 * optionally, calibration artifacts from ``/opt/ml/processing/input/calibration``,
 
-assembles them in a staging directory, model files at the root, the code
-under ``code/`` and the calibration under ``calibration/``, and writes
+lays them out, model files at the root, the code under ``code/`` and the
+calibration under ``calibration/`` (a model archive is extracted to a staging
+directory; loose files are read in place), and writes
 ``/opt/ml/processing/output/model.tar.gz``, which SageMaker hosting extracts
 to ``/opt/ml/model``.
 
@@ -44,7 +45,7 @@ The file reads in pipeline order, one section each:
 * Finding the inputs: tree walks, excludes, symlink resolution, the checked inputs.
 * The tar format: headers packed by hand, and the strict reader of tar streams.
 * Safe extraction: decoders, format checks, read-ahead, the checks on every member.
-* Staging: the package tree, with real files and directories only.
+* Staging: the package's members, read in place, real files and directories only.
 * What goes into the package: members with normalized metadata; no credentials.
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
@@ -685,18 +686,16 @@ PAX_HEADER_TYPE = b"x"
 
 
 def _ustar_block(name: bytes, kind: bytes, size: int, mode: int, mtime: int) -> bytes:
-    """One 512-byte ustar header block, checksum included."""
-    block = bytearray(BLOCK_SIZE)
-    block[0 : len(name)] = name
-    block[100:108] = b"%07o\0" % mode
-    block[108:124] = b"0000000\0" * 2  # uid, gid
-    block[124:136] = b"%011o\0" % size
-    block[136:148] = b"%011o\0" % mtime
-    block[148:156] = b" " * 8  # the checksum counts its own field as spaces
-    block[156:157] = kind
-    block[257:265] = b"ustar\x0000"
-    block[148:155] = b"%06o\0" % sum(block)
-    return bytes(block)
+    """One 512-byte ustar header block, checksum included (uid and gid 0, no owner names)."""
+    head = b"%s%07o\0%s%011o\0%011o\0" % (name.ljust(100, b"\0"), mode, _ROOT_IDS, size, mtime)
+    tail = kind + _USTAR_TAIL
+    checksum = sum(head) + _CHECKSUM_SPACES + sum(tail)  # the field counts as spaces
+    return b"%s%06o\0 %s" % (head, checksum, tail)
+
+
+_ROOT_IDS = b"0000000\0" * 2  # uid, gid
+_USTAR_TAIL = bytes(100) + b"ustar\x0000" + bytes(247)  # after the type: link name, magic...
+_CHECKSUM_SPACES = 8 * ord(" ")
 
 
 def _pax_record(keyword: bytes, value: bytes) -> bytes:
@@ -716,18 +715,18 @@ def _padding(size: int) -> bytes:
 def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> bytes:
     """The header blocks of one package member: ustar, after a PAX header where needed."""
     path = name + "/" if is_dir else name
-    encoded = path.encode("utf-8")
+    kind = DIRECTORY_TYPE if is_dir else REGULAR_TYPE
+    ascii_fits = path.isascii() and len(path) <= USTAR_NAME_BYTES
+    if ascii_fits and size <= USTAR_MAX_NUMBER:  # the common case, and the quick one
+        return _ustar_block(path.encode("ascii"), kind, size, mode, mtime)
     records = b""
-    if not path.isascii() or len(encoded) > USTAR_NAME_BYTES:
-        records += _pax_record(b"path", encoded)
+    if not ascii_fits:
+        records += _pax_record(b"path", path.encode("utf-8"))
     if size > USTAR_MAX_NUMBER:
         records += _pax_record(b"size", b"%d" % size)
         size = 0
     ustar_name = path.encode("ascii", "replace")[:USTAR_NAME_BYTES]
-    kind = DIRECTORY_TYPE if is_dir else REGULAR_TYPE
     header = _ustar_block(ustar_name, kind, size, mode, mtime)
-    if not records:
-        return header
     pax = _ustar_block(b"././@PaxHeader", PAX_HEADER_TYPE, len(records), 0, 0)
     return pax + records + _padding(len(records)) + header
 
@@ -1577,65 +1576,90 @@ def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
 
 
 # ---------------------------------------------------------------------------
-# Staging: real files and directories only
+# Staging: the package's members, real files and directories only
+#
+# Staging plans the package rather than building it on disk: each member names
+# the real file or directory it is read from, in place. Nothing is linked or
+# copied (at tens of thousands of files, links and their removal were a fifth
+# of the job), and the inputs are only ever read. A file that is replaced or
+# changes size after it was planned fails the job when it is written.
 
 
-def _link_or_copy(source: str, dest: str) -> None:
-    """Hard-link source to dest where the filesystem allows, else copy it with its metadata."""
-    try:
-        os.link(source, dest)
-    except OSError:
-        shutil.copy2(source, dest)
+class Member(NamedTuple):
+    """One package member and the real path it is read from (a tuple: there may be millions)."""
+
+    name: str
+    path: str
+    is_dir: bool
+    size: int
+    mode: int
+    mtime: int
+
+
+class Normalized:
+    """Makes members with normalized metadata: modes 0644/0755, and one mtime for all.
+
+    Every mtime is SOURCE_DATE_EPOCH, else PORTABLE_MTIME; with keep_mtimes,
+    the inputs' own, clamped to SOURCE_DATE_EPOCH when it is set.
+    """
+
+    def __init__(self, source_date_epoch: Optional[int], keep_mtimes: bool = False) -> None:
+        self._fixed = PORTABLE_MTIME if source_date_epoch is None else source_date_epoch
+        self._clamp = source_date_epoch
+        self._keep_mtimes = keep_mtimes
+
+    def __call__(self, name: str, path: str, info: os.stat_result) -> Member:
+        is_dir = stat.S_ISDIR(info.st_mode)
+        mtime = self._fixed
+        if self._keep_mtimes:
+            mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
+            if self._clamp is not None:
+                mtime = min(mtime, self._clamp)
+        mode = 0o755 if is_dir or info.st_mode & 0o111 else 0o644
+        return Member(name, path, is_dir, 0 if is_dir else info.st_size, mode, mtime)
 
 
 def stage_tree(
     root: Path,
-    dest: Path,
+    member: Callable[[str, str, os.stat_result], Member],
+    prefix: str = "",
     skip: Collection[str] = (),
     excludes: Optional[Excludes] = None,
-    where: str = "",
-) -> int:
-    """Rebuild root's tree at dest with only real files and directories; return the file count.
+) -> List[Member]:
+    """The members for everything under root, named prefix + their path below it (unsorted).
 
     Symlinks inside root are replaced by what they point to; one that leaves
     root, dangles or loops fails the job, and so do links to directories that
     multiply the tree beyond EXPANSION_LIMIT (a 1 KB archive of nested
     directory links could otherwise stage millions of entries). Top-level
-    names in skip, and paths the excludes match, are left out (where names the
-    input in their log lines). Inputs are only read and hard-linked, never
-    modified.
+    names in skip, and paths the excludes match, are left out. Inputs are
+    only read, never modified.
     """
     root = root.resolve()
     budget: Optional[int] = None  # set when the first symlink to a directory turns up
-    staged = 0
-    dest.mkdir()
+    members: List[Member] = []
     top = os.stat(root)
     ancestry: Tuple[Tuple[int, int], ...] = ((top.st_dev, top.st_ino),)  # of the dir walked
-    stack = [(os.fspath(root), os.fspath(dest), "", ancestry)]
-    directories = []
-    files = 0
+    stack = [(os.fspath(root), prefix, ancestry)]
     while stack:
-        source_dir, dest_dir, relative_dir, ancestors = stack.pop()
-        directories.append((source_dir, dest_dir))
+        source_dir, name_prefix, ancestors = stack.pop()
         with os.scandir(source_dir) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)
-        for entry in entries:
+            entries = sorted(listing, key=lambda entry: entry.name)  # the first fault found is
+        for entry in entries:  # the same on every filesystem
             _check_stop()
-            name, path = entry.name, entry.path
-            if not relative_dir and name in skip:
+            path = entry.path
+            if name_prefix == prefix and entry.name in skip:
                 continue
-            relative = f"{relative_dir}/{name}" if relative_dir else name
+            name = name_prefix + entry.name
             is_link = entry.is_symlink()
             is_dir = os.path.isdir(path) if is_link else entry.is_dir(follow_symlinks=False)
-            if excludes is not None and excludes.leaves_out(relative, is_dir, where):
+            if excludes is not None and excludes.leaves_out(name[len(prefix) :], is_dir, prefix):
                 continue
             _check_name(path)
             real, info = path, entry.stat(follow_symlinks=False)
             if is_link:
                 real = os.fspath(_resolve_inside(Path(path), root))
                 info = os.lstat(real)
-            target = os.path.join(dest_dir, name)
-            staged += 1
             if stat.S_ISDIR(info.st_mode):
                 key = (info.st_dev, info.st_ino)
                 if key in ancestors:
@@ -1645,24 +1669,18 @@ def stage_tree(
                 if is_link and budget is None:
                     entries_in_root = sum(1 for _ in _walk_tree(root))
                     budget = EXPANSION_LIMIT * entries_in_root + EXPANSION_ALLOWANCE
-                os.mkdir(target)
-                stack.append((real, target, relative, (*ancestors, key)))
-            elif stat.S_ISREG(info.st_mode):
-                _link_or_copy(real, target)
-                files += 1
-            else:
+                stack.append((real, name + "/", (*ancestors, key)))
+            elif not stat.S_ISREG(info.st_mode):
                 raise PackagingError(
                     f"{path} is not a regular file, directory or symlink; remove it from the input"
                 )
-            if budget is not None and staged > budget:
+            members.append(member(name, real, info))
+            if budget is not None and len(members) > budget:
                 raise PackagingError(
                     f"symlinks to directories in {root} expand it more than "
                     f"{EXPANSION_LIMIT}-fold; replace nested directory links by real directories"
                 )
-    for source_dir, dest_dir in directories:
-        info = os.stat(source_dir)
-        os.utime(dest_dir, ns=(info.st_atime_ns, info.st_mtime_ns))
-    return files
+    return members
 
 
 def _count_files(directory: Path) -> int:
@@ -1671,17 +1689,6 @@ def _count_files(directory: Path) -> int:
 
 # ---------------------------------------------------------------------------
 # What goes into the package
-
-
-class Member(NamedTuple):
-    """One package member, as planned from the staging tree (a tuple: there may be millions)."""
-
-    name: str
-    path: str
-    is_dir: bool
-    size: int
-    mode: int
-    mtime: int
 
 
 class Record(NamedTuple):
@@ -1693,31 +1700,6 @@ class Record(NamedTuple):
     mode: int
     mtime: int
     crc32: int  # of the content (0 for a directory): it catches any corruption
-
-
-def plan_members(
-    root: Path, source_date_epoch: Optional[int], keep_mtimes: bool = False
-) -> List[Member]:
-    """List the staged tree as package members, sorted by name, with normalized metadata.
-
-    Every mtime is SOURCE_DATE_EPOCH, else PORTABLE_MTIME; with keep_mtimes,
-    the inputs' own, clamped to SOURCE_DATE_EPOCH when it is set.
-    """
-    fixed = PORTABLE_MTIME if source_date_epoch is None else source_date_epoch
-    prefix = len(os.path.join(os.fspath(root), ""))
-    members = []
-    for path, info in _walk_tree(root):
-        is_dir = stat.S_ISDIR(info.st_mode)
-        mtime = fixed
-        if keep_mtimes:
-            mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
-            if source_date_epoch is not None:
-                mtime = min(mtime, source_date_epoch)
-        size = 0 if is_dir else info.st_size
-        mode = 0o755 if is_dir or info.st_mode & 0o111 else 0o644
-        members.append(Member(path[prefix:], path, is_dir, size, mode, mtime))
-    members.sort(key=lambda member: member.name)
-    return members
 
 
 # Credentials that must not ship: recognised by name, or by content in small text files,
@@ -2006,17 +1988,40 @@ def _cgroup_cpu_quota() -> Optional[float]:
 Inspector = Callable[[Member, bytes], None]
 
 
-def _file_blocks(path: str, size: int) -> Iterator[bytes]:
-    """A file's bytes in IO_BLOCK_SIZE blocks, reading once past size to see if it grew."""
-    with open(path, "rb", buffering=0) as source:
+# A planned file is opened without following a symlink, and without blocking on a FIFO:
+# whatever replaced it since staging is refused, not read.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _changed(member: Member, what: str) -> PackagingError:
+    return PackagingError(
+        f"{member.path} {what}; make sure nothing writes to the inputs during the job"
+    )
+
+
+def _file_blocks(member: Member) -> Iterator[bytes]:
+    """A member's bytes in IO_BLOCK_SIZE blocks, reading once past its size to see if it grew."""
+    try:
+        fd = os.open(member.path, _OPEN_FLAGS)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _changed(member, "was removed while being packaged") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _changed(member, "was replaced by a symlink while being packaged") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _changed(member, "was replaced by a non-file while being packaged")
         copied = 0
-        while copied <= size:
+        while copied <= member.size:
             _check_stop()
-            block = source.read(IO_BLOCK_SIZE)
+            block = os.read(fd, IO_BLOCK_SIZE)
             if not block:
                 return
             copied += len(block)
             yield block
+    finally:
+        os.close(fd)
 
 
 def _copy_member(
@@ -2040,9 +2045,8 @@ def _copy_member(
         copied += len(block)
         progress.update(sink.size)
     if copied != member.size:
-        raise PackagingError(
-            f"{member.path} changed size while being packaged ({member.size} -> {copied} "
-            "bytes); make sure nothing writes to the inputs during the job"
+        raise _changed(
+            member, f"changed size while being packaged ({member.size} -> {copied} bytes)"
         )
     sink.write(_padding(copied))
     return crc
@@ -2070,7 +2074,7 @@ def write_tar(
         )
         crc = 0
         if not member.is_dir:
-            blocks = _file_blocks(member.path, member.size)
+            blocks = _file_blocks(member)
             crc = _copy_member(member, blocks, sink, progress, inspect)
         kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
         records.append(Record(member.name, kind, member.size, member.mode, member.mtime, crc))
@@ -2386,9 +2390,10 @@ def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
         )
 
 
-def _stage_inputs(inputs: Inputs, staging: Path, excludes: Excludes) -> Path:
-    """Assemble the package tree in staging; return its root."""
-    tree = staging / "package"
+def _stage_inputs(
+    inputs: Inputs, staging: Path, excludes: Excludes, member: Normalized
+) -> List[Member]:
+    """The package's members, sorted by name: the model at the root, code/ and calibration/."""
     archive = inputs.archive
     if archive is not None:
         log.info("model archive: %s (%s)", archive, _human(archive.stat().st_size))
@@ -2406,7 +2411,7 @@ def _stage_inputs(inputs: Inputs, staging: Path, excludes: Excludes) -> Path:
         _warn_replaced(model_root, name, source)
     with _phase("stage") as phase, _os_errors("staging the inputs", staging):
         try:
-            files = stage_tree(model_root, tree, added, None if archive else excludes)
+            members = stage_tree(model_root, member, "", added, None if archive else excludes)
         except PackagingError as exc:
             if archive is None:
                 raise
@@ -2415,10 +2420,12 @@ def _stage_inputs(inputs: Inputs, staging: Path, excludes: Excludes) -> Path:
                 str(exc).replace(str(model_root.resolve()), str(archive))
             ) from None
         for name, source in added.items():
-            files += stage_tree(source, tree / name, (), excludes, f"{name}/")
-        phase.amount = f"{files} files"
+            members.append(member(name, os.fspath(source), os.stat(source)))
+            members += stage_tree(source, member, f"{name}/", (), excludes)
+        phase.amount = f"{sum(not m.is_dir for m in members)} files"
     excludes.warn()
-    return tree
+    members.sort(key=lambda m: m.name)
+    return members
 
 
 def _log_inputs(inputs: Inputs) -> None:
@@ -2553,8 +2560,8 @@ def package(
             _free_space(output),
         )
         with _staging_dir(work) as staging:
-            tree = _stage_inputs(inputs, staging, patterns)
-            members = plan_members(tree, source_date_epoch, keep_mtimes)
+            normalized = Normalized(source_date_epoch, keep_mtimes)
+            members = _stage_inputs(inputs, staging, patterns, normalized)
             _check_and_log_members(members, loose_model=inputs.archive is None)
             credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
             credentials.names(members)

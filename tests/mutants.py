@@ -199,17 +199,24 @@ MUTANTS = [
     ),
     # Staging: loose inputs.
     Mutant(
-        "stage: a FIFO in a loose input is skipped",
+        "stage: a FIFO in a loose input is not refused",
         [
             (
-                "            else:\n                raise PackagingError(\n"
-                '                    f"{path} is not a regular file, directory or symlink; ',
-                "            else:\n                continue\n"
-                "                raise PackagingError(\n"
-                '                    f"{path} is not a regular file, directory or symlink; ',
+                "            elif not stat.S_ISREG(info.st_mode):\n",
+                "            elif False:\n",
             )
         ],
         STAGING,
+    ),
+    Mutant(
+        "write: a planned file replaced by a symlink is followed",
+        [('getattr(os, "O_NOFOLLOW", 0)', "0")],
+        ["tests/test_verification.py"],
+    ),
+    Mutant(
+        "write: a planned file replaced by a FIFO is read",
+        [("        if not stat.S_ISREG(os.fstat(fd).st_mode):", "        if False:")],
+        ["tests/test_verification.py"],
     ),
     Mutant(
         "stage: a relative symlink may climb out",
@@ -234,7 +241,7 @@ MUTANTS = [
     ),
     Mutant(
         "stage: no expansion budget",
-        [("            if budget is not None and staged > budget:", "            if False:")],
+        [("            if budget is not None and len(members) > budget:", "            if False:")],
         ["tests/test_security.py", *STAGING],
     ),
     Mutant(

@@ -166,10 +166,10 @@ def test_unexpected_bug_logs_a_traceback_and_exits_1(
 ) -> None:
     write_tree(job.model, {"m.bin": b"m"})
 
-    def boom(*args: object) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(mims_package, "plan_members", boom)
+    monkeypatch.setattr(mims_package, "_check_and_log_members", boom)
     assert mims_package.cli([str(arg) for arg in job.args()]) == 1
     assert "Traceback" in caplog.text and "unexpected error (ZeroDivisionError: bug)" in caplog.text
     assert job.leftovers() == []

@@ -77,10 +77,9 @@ def run_on_small_disk(job: Job, small: Path, *args: Any) -> tuple[int, str, list
     ("as_archive", "small", "doing"),
     [
         (True, "work", "extracting the model archive"),
-        (False, "work", "staging the inputs"),
         (False, "output", "writing the package"),
     ],
-    ids=["extract", "stage", "package-write"],
+    ids=["extract", "package-write"],
 )
 def test_disk_full_in_each_phase(job: Job, as_archive: bool, small: str, doing: str) -> None:
     data = os.urandom(BIG)
@@ -102,6 +101,14 @@ def test_disk_full_in_each_phase(job: Job, as_archive: bool, small: str, doing: 
         assert left == []
 
 
+@needs_unshare
+def test_loose_inputs_take_no_space_in_the_work_dir(job: Job) -> None:
+    write_tree(job.model, {"w.bin": os.urandom(BIG)})
+    code, log, left = run_on_small_disk(job, job.work)
+    assert code == 0, log
+    assert left == [] and job.package.exists()
+
+
 # --- A full disk, injected: the same paths, on any machine -------------------------------
 
 
@@ -113,10 +120,9 @@ def no_space(*args: Any, **kwargs: Any) -> None:
     ("target", "doing"),
     [
         ((mims_package._Extractor, "_write_file"), "extracting the model archive"),
-        ((mims_package, "_link_or_copy"), "staging the inputs"),
         ((mims_package._ReadBack, "write"), "writing the package"),
     ],
-    ids=["extract", "stage", "package-write"],
+    ids=["extract", "package-write"],
 )
 def test_injected_disk_full_in_each_phase(
     job: Job,
@@ -260,7 +266,7 @@ def restore_signal_handlers() -> Iterator[None]:
 
 PHASES = {
     "extract": (mims_package._Extractor, "add"),
-    "stage": (mims_package, "_link_or_copy"),
+    "stage": (mims_package, "_check_name"),
     "compress": (mims_package.GzipWriter, "write"),
     "verify": (mims_package._ReadBack, "finish"),
 }

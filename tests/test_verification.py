@@ -138,20 +138,43 @@ def test_order_is_write_fsync_read_the_end_rename(
     assert events == ["fsync", "read-end", "rename"]
 
 
-@pytest.mark.parametrize("change", ["grows", "shrinks"])
-def test_a_file_that_changes_size_while_packaged_is_refused(
-    job: Job, monkeypatch: pytest.MonkeyPatch, change: str
+def change_file(path: Path, change: str) -> None:
+    """Change a planned file in one of the ways a busy input might."""
+    if change == "grows":
+        with open(path, "ab") as f:
+            f.write(b"more")
+    elif change == "shrinks":
+        os.truncate(path, 5_000)
+    else:
+        path.unlink()
+        if change == "a symlink":
+            path.symlink_to("/etc/passwd")
+        elif change == "a FIFO":
+            os.mkfifo(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("grows", "changed size while being packaged"),
+        ("shrinks", "changed size while being packaged"),
+        ("removed", "was removed while being packaged"),
+        ("a symlink", "was replaced by a symlink while being packaged"),
+        ("a FIFO", "was replaced by a non-file while being packaged"),
+    ],
+)
+def test_a_file_that_changes_after_staging_is_refused(
+    job: Job, monkeypatch: pytest.MonkeyPatch, change: str, message: str
 ) -> None:
     write_tree(job.model, {"m.bin": b"m" * 10_000})
-    real_plan = mims_package.plan_members
+    real_stage = mims_package._stage_inputs
 
-    def plan_then_change(*args: Any) -> list[Member]:
-        planned = real_plan(*args)
-        with open(job.model / "m.bin", "ab" if change == "grows" else "r+b") as f:
-            f.write(b"more") if change == "grows" else f.truncate(5_000)
+    def stage_then_change(*args: Any) -> list[Member]:
+        planned = real_stage(*args)
+        change_file(job.model / "m.bin", change)
         return planned
 
-    monkeypatch.setattr(mims_package, "plan_members", plan_then_change)
-    with pytest.raises(mims_package.PackagingError, match="changed size while being packaged"):
+    monkeypatch.setattr(mims_package, "_stage_inputs", stage_then_change)
+    with pytest.raises(mims_package.PackagingError, match=message):
         job.main()
     assert not job.package.exists() and job.leftovers() == []
