@@ -95,7 +95,6 @@ from typing import (
     Collection,
     Deque,
     Dict,
-    Iterable,
     Iterator,
     List,
     Mapping,
@@ -807,6 +806,24 @@ def _header_number(field: bytes, what: str) -> int:
     return int(digits, 8)
 
 
+# The numbers as this script (and most tars) writes them: octal digits, each field ended by NUL.
+_PLAIN_NUMBERS = re.compile(rb"([0-7]{7})\0[0-7]{7}\0[0-7]{7}\0([0-7]{11})\0([0-7]{11})\0")
+
+
+def _header_numbers(block: bytes) -> Tuple[int, int, float]:
+    """A header's mode, size and mtime; its uid and gid are checked but not used."""
+    plain = _PLAIN_NUMBERS.fullmatch(block, 100, 148)
+    if plain:  # the common case, in one step
+        return int(plain[1], 8) & 0o7777, int(plain[2], 8), int(plain[3], 8)
+    _header_number(block[108:116], "uid")
+    _header_number(block[116:124], "gid")
+    return (
+        _header_number(block[100:108], "mode") & 0o7777,
+        _header_number(block[124:136], "size"),
+        _header_number(block[136:148], "mtime"),
+    )
+
+
 def _pax_number(value: bytes, keyword: bytes, fraction: bool) -> float:
     """A PAX number: decimal digits, a leading "-" and a ".fraction" where fraction allows."""
     whole, dot, part = value.partition(b".") if fraction else (value, b"", b"")
@@ -891,8 +908,9 @@ class TarReader:
 
     def _skip_data(self) -> None:
         """Pass over what is left of the current member's data, and its padding."""
-        for _ in self.data():
-            pass
+        if self._remaining:
+            for _ in self.data():
+                pass
         if self._padding:
             self._exactly(self._padding, "the padding after a member")
             self._padding = 0
@@ -953,10 +971,10 @@ class TarReader:
             raw_name = _c_string(block[0:100])
             if block[257:265] == USTAR_MAGIC and block[345] != 0:
                 raw_name = _c_string(block[345:500]) + b"/" + raw_name
-            shown = raw_name.decode("utf-8", "backslashreplace")
             try:
                 member = self._member(block, raw_name, pax, long_name, long_link)
             except ArchiveError as exc:
+                shown = raw_name.decode("utf-8", "backslashreplace")
                 raise ArchiveError(f"the member at byte {start} ({shown[:200]!r}): {exc}") from None
             if member is None:  # an extended header: it applies to the next member
                 typeflag = block[156:157]
@@ -990,11 +1008,7 @@ class TarReader:
         if not _is_tar_header(block):
             raise ArchiveError("its header is damaged (the checksum does not match)")
         typeflag = block[156:157]
-        size = _header_number(block[124:136], "size")
-        mtime: float = _header_number(block[136:148], "mtime")
-        mode = _header_number(block[100:108], "mode") & 0o7777
-        _header_number(block[108:116], "uid")  # not used, but a malformed one is a fault
-        _header_number(block[116:124], "gid")
+        mode, size, mtime = _header_numbers(block)
         if typeflag in (PAX_HEADER_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK):
             return None
         if typeflag in REFUSED_TYPES:
@@ -1149,15 +1163,17 @@ def _is_tar_header(block: bytes) -> bool:
     """True if block is a tar header whose checksum holds (unsigned or signed, as tar accepts)."""
     if len(block) < BLOCK_SIZE:
         return False
+    block = block[:BLOCK_SIZE] if len(block) > BLOCK_SIZE else block
+    field = block[148:156]
     try:
-        stored = int(block[148:156].strip(b" \0") or b"-", 8)
+        stored = int(field.strip(b" \0") or b"-", 8)
     except ValueError:
         return False
-    counted = block[:148] + b" " * 8 + block[156:BLOCK_SIZE]
-    unsigned = sum(counted)
+    unsigned = sum(block) - sum(field) + 8 * ord(" ")  # the field counts as spaces
     if stored == unsigned:
         return True
-    high_bytes = BLOCK_SIZE - len(counted.translate(None, _HIGH_BYTES))
+    high_bytes = len(block) - len(block.translate(None, _HIGH_BYTES))
+    high_bytes -= len(field) - len(field.translate(None, _HIGH_BYTES))
     return stored == unsigned - 256 * high_bytes
 
 
@@ -2000,7 +2016,13 @@ def _changed(member: Member, what: str) -> PackagingError:
 
 
 def _file_blocks(member: Member) -> Iterator[bytes]:
-    """A member's bytes in IO_BLOCK_SIZE blocks, reading once past its size to see if it grew."""
+    """A member's bytes in blocks of at most IO_BLOCK_SIZE; it must not have grown.
+
+    Each read asks for one byte more than is left, so a file that grew is
+    seen. A short read at the planned size, which fstat also gives, is the
+    end of a regular file (one reads short nowhere else), so a small file
+    takes one read, not two.
+    """
     try:
         fd = os.open(member.path, _OPEN_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
@@ -2010,36 +2032,46 @@ def _file_blocks(member: Member) -> Iterator[bytes]:
             raise
         raise _changed(member, "was replaced by a symlink while being packaged") from None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise _changed(member, "was replaced by a non-file while being packaged")
-        copied = 0
-        while copied <= member.size:
+        size, copied = member.size, 0
+        while copied <= size:
             _check_stop()
-            block = os.read(fd, IO_BLOCK_SIZE)
+            wanted = min(IO_BLOCK_SIZE, size + 1 - copied)
+            block = os.read(fd, wanted)
             if not block:
                 return
             copied += len(block)
             yield block
+            if copied == size == info.st_size and len(block) < wanted:
+                return
     finally:
         os.close(fd)
 
 
-def _copy_member(
+def _write_file(
     member: Member,
-    blocks: Iterable[bytes],
+    header: bytes,
     sink: GzipWriter,
     progress: _Progress,
     inspect: Optional[Inspector],
 ) -> int:
-    """Write one file's blocks into sink; return its CRC-32; refuse a file that changed size.
+    """Write a file's header, bytes and padding into sink; return its CRC-32.
 
-    inspect, if given, sees the bytes of each file that comes in one block.
+    A file that comes in one block goes in one write, header and padding
+    included, and inspect, if given, sees its bytes. A file that changed size
+    is refused (the padding written early is then discarded with the package).
     """
-    crc = 0
-    copied = 0
+    blocks = _file_blocks(member)
+    first = next(blocks, b"")
+    whole = len(first) == member.size
+    if whole and inspect is not None:
+        inspect(member, first)
+    crc = zlib.crc32(first)
+    copied = len(first)
+    sink.write(header + first + _padding(copied) if whole else header + first)
     for block in blocks:
-        if inspect is not None and not copied and len(block) == member.size:
-            inspect(member, block)
         crc = zlib.crc32(block, crc)
         sink.write(block)
         copied += len(block)
@@ -2048,7 +2080,8 @@ def _copy_member(
         raise _changed(
             member, f"changed size while being packaged ({member.size} -> {copied} bytes)"
         )
-    sink.write(_padding(copied))
+    if not whole:
+        sink.write(_padding(copied))
     return crc
 
 
@@ -2069,13 +2102,13 @@ def write_tar(
     records = [] if records is None else records
     for member in members:
         _check_stop()
-        sink.write(
-            member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
-        )
+        header = member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
         crc = 0
-        if not member.is_dir:
-            blocks = _file_blocks(member)
-            crc = _copy_member(member, blocks, sink, progress, inspect)
+        if member.is_dir:
+            sink.write(header)
+        else:
+            crc = _write_file(member, header, sink, progress, inspect)
+            progress.update(sink.size)
         kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
         records.append(Record(member.name, kind, member.size, member.mode, member.mtime, crc))
     sink.write(bytes(2 * BLOCK_SIZE))  # the end-of-archive marker
