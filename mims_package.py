@@ -464,22 +464,22 @@ class Excludes:
             anchored = "/" in pattern.rstrip("/")  # "data/raw/" or "/build/"
             self._rules.append((body, pattern.endswith("/"), anchored, pattern))
         self.anchored = any(rule[2] for rule in self._rules)
-        # One regex per kind of rule, so that a path that matches nothing (nearly every
-        # path) costs a few regex matches, not one fnmatch per pattern.
-        self._any = {
-            (dir_only, anchored): _one_regex(
-                glob for glob, d, a, _ in self._rules if (d, a) == (dir_only, anchored)
-            )
-            for dir_only in (False, True)
-            for anchored in (False, True)
-        }
+        # One regex per kind of rule that has any, so that a path that matches nothing
+        # (nearly every path) costs a regex match or two, not one fnmatch per pattern.
+        self._screens: Dict[bool, List[Tuple[re.Pattern[str], bool]]] = {False: [], True: []}
+        for dir_only in (False, True):
+            for anchored in (False, True):
+                globs = [g for g, d, a, _ in self._rules if (d, a) == (dir_only, anchored)]
+                if globs:
+                    for is_dir in (True,) if dir_only else (False, True):
+                        self._screens[is_dir].append((_one_regex(iter(globs)), anchored))
         self.left_out: List[str] = []
 
     def pattern_for(self, relative: str, is_dir: bool) -> Optional[str]:
         """The pattern that leaves this path out (relative to its input's root), if any."""
         name = relative.rsplit("/", 1)[-1]
-        kinds = ((False, False), (False, True)) + (((True, False), (True, True)) if is_dir else ())
-        if not any(self._any[k].match(relative if k[1] else name) for k in kinds):
+        screens = self._screens[is_dir]
+        if not any(regex.match(relative if anchored else name) for regex, anchored in screens):
             return None
         for glob, dir_only, anchored, pattern in self._rules:
             if (is_dir or not dir_only) and fnmatch.fnmatchcase(
