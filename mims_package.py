@@ -1324,6 +1324,7 @@ class _Extractor:
 
     def __init__(self, dest: Path, excludes: Optional[Excludes] = None) -> None:
         self.dest = dest
+        self._dest = os.fspath(dest)  # paths stay strings: this runs once per member
         self.excludes = excludes
         self.root = _Node("dir")
         self.symlinks: Dict[str, str] = {}
@@ -1392,13 +1393,16 @@ class _Extractor:
             kind, link, target = self._hard_link_target(member, parts)
         elif kind == "symlink":
             self._check_symlink(member.name, link, parts)
-        self._apply_data_filter(member, kind, link)
+        if kind in ("symlink", "hardlink"):
+            self._apply_data_filter(member, kind, link)
         mtime = _mtime(member.mtime)
         parent = self._make_parents(parts, mtime)
-        name, path = "/".join(parts), self.dest.joinpath(*parts)
+        name = "/".join(parts)
+        path = os.path.join(self._dest, name)
         self._replace(name, existing, kind, path)
         if kind == "dir":
-            path.mkdir(exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path)
             node = parent.children.get(parts[-1])
             if node is None or node.kind != "dir":  # new, or in place of a file or link
                 node = parent.children[parts[-1]] = _Node("dir")
@@ -1409,7 +1413,7 @@ class _Extractor:
             parent.children[parts[-1]] = _Node("symlink")
             return
         if kind == "hardlink":
-            os.link(self.dest.joinpath(*target[0]), path)
+            os.link(os.path.join(self._dest, *target[0]), path)
             self.linked += target[1].size
             size = target[1].size
         else:
@@ -1469,7 +1473,12 @@ class _Extractor:
         return "hardlink", "", (target_parts, node)
 
     def _apply_data_filter(self, member: TarMember, kind: str, link: str) -> None:
-        """tarfile's data filter, where this Python has it: a second net under the checks above."""
+        """tarfile's data filter, where this Python has it: a second net under the link checks.
+
+        Only links get it: no symlink is on disk while members are written, so
+        for a file or a directory its realpath checks (a dozen lstat calls a
+        member) could find nothing that the checks above do not.
+        """
         if self.data_filter is None:
             return
         info = tarfile.TarInfo(member.name)
@@ -1510,17 +1519,17 @@ class _Extractor:
     def _make_parents(self, parts: List[str], mtime: int) -> _Node:
         """Create the member's missing parent directories; return its parent's node."""
         node = self.root
-        path = self.dest
+        path = self._dest
         for piece in parts[:-1]:
-            path = path / piece
+            path = os.path.join(path, piece)
             child = node.children.get(piece)
             if child is None:
-                path.mkdir()
+                os.mkdir(path)
                 child = node.children[piece] = _Node("dir", mtime=mtime)
             node = child
         return node
 
-    def _replace(self, name: str, existing: Optional[_Node], kind: str, path: Path) -> None:
+    def _replace(self, name: str, existing: Optional[_Node], kind: str, path: str) -> None:
         """The later member of a name wins, as with tar; a directory is never replaced."""
         if existing is None or (existing.kind == "dir" and kind == "dir"):
             return
@@ -1532,16 +1541,21 @@ class _Extractor:
         if existing.kind == "symlink":
             del self.symlinks[name]
         else:
-            path.unlink()
+            os.unlink(path)
 
-    def _write_file(self, reader: TarReader, member: TarMember, path: Path, mtime: int) -> None:
+    def _write_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
+        """Write a new file (never through a link), with mode 0644 or 0755 and mtime."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        with open(os.open(path, flags, 0o600), "wb") as out:
+        fd = os.open(path, flags, 0o600)
+        try:
             for piece in reader.data():
                 _check_stop()
-                out.write(piece)
-            os.fchmod(out.fileno(), 0o755 if member.mode & 0o111 else 0o644)
-        os.utime(path, (mtime, mtime))
+                while piece:
+                    piece = piece[os.write(fd, piece) :]
+            os.fchmod(fd, 0o755 if member.mode & 0o111 else 0o644)
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
         self.size += member.size
 
     def finish(self, archive: Path) -> None:
