@@ -61,6 +61,7 @@ if sys.version_info < (3, 7):  # checked before any import or syntax that 3.6 la
     sys.exit(f"ERROR mims_package.py needs Python 3.7 or later, this is {major}.{minor}")
 
 import argparse
+import array
 import bz2
 import contextlib
 import errno
@@ -100,9 +101,11 @@ from typing import (
     Mapping,
     NamedTuple,
     Optional,
+    Sequence,
     Tuple,
     TypeVar,
     Union,
+    overload,
 )
 
 # ---------------------------------------------------------------------------
@@ -2099,21 +2102,50 @@ def _write_file(
     return crc
 
 
+class Written(Sequence[Record]):
+    """What write_tar wrote, as records: the members, and each one's CRC-32 once written.
+
+    The CRC-32s sit in an array of 4-byte integers and a record is made only
+    when asked for, so what was written costs 4 bytes a member beyond the plan.
+    Its length is the number of members written so far.
+    """
+
+    def __init__(self, members: List[Member]) -> None:
+        self.members = members
+        self.crcs = array.array("I")
+
+    def __len__(self) -> int:
+        return len(self.crcs)
+
+    @overload
+    def __getitem__(self, index: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[Record]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[Record, List[Record]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        member, crc = self.members[index], self.crcs[index]
+        kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
+        return Record(member.name, kind, member.size, member.mode, member.mtime, crc)
+
+
 def write_tar(
     members: List[Member],
     sink: GzipWriter,
     inspect: Optional[Inspector] = None,
-    records: Optional[List[Record]] = None,
-) -> List[Record]:
+    written: Optional[Written] = None,
+) -> Written:
     """Write members as a PAX tar stream into sink; return what was written, with CRC-32s.
 
     inspect, if given, sees the bytes of every file of at most IO_BLOCK_SIZE.
-    Each member's record is appended to records (a new list if none) as soon
-    as the member is written, so that a reader can check it while writing goes on.
+    Each member is added to written (a new one if none) as soon as it is
+    written, so that a reader can check it while writing goes on.
     """
     total = sum(member.size for member in members)
     progress = _Progress("compress", total)
-    records = [] if records is None else records
+    written = Written(members) if written is None else written
     for member in members:
         _check_stop()
         header = member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
@@ -2123,11 +2155,10 @@ def write_tar(
         else:
             crc = _write_file(member, header, sink, progress, inspect)
             progress.update(sink.size)
-        kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
-        records.append(Record(member.name, kind, member.size, member.mode, member.mtime, crc))
+        written.crcs.append(crc)
     sink.write(bytes(2 * BLOCK_SIZE))  # the end-of-archive marker
     sink.write(bytes(-sink.size % RECORD_SIZE))
-    return records
+    return written
 
 
 # ---------------------------------------------------------------------------
@@ -2183,7 +2214,7 @@ class _Expected:
     reader has read the member; were it not, the check fails (safely).
     """
 
-    def __init__(self, records: List[Record]) -> None:
+    def __init__(self, records: Sequence[Record]) -> None:
         self.records = records
         self.seen = 0
 
@@ -2213,7 +2244,7 @@ def _check_decoded(path: Path, decode: Callable[[], str]) -> str:
         ) from None
 
 
-def verify_package(path: Path, expected: List[Record]) -> str:
+def verify_package(path: Path, expected: Sequence[Record]) -> str:
     """Check the finished package at path against what was meant to be written; return its hash."""
     compare = _Expected(expected)
 
@@ -2237,7 +2268,7 @@ class _ReadBack(_ContextManager):
     compression hides most of its cost.
     """
 
-    def __init__(self, path: Path, progress: _Progress, expected: List[Record]) -> None:
+    def __init__(self, path: Path, progress: _Progress, expected: Sequence[Record]) -> None:
         self._expected = _Expected(expected)
         self._out = open(path, "wb")  # noqa: SIM115 - closed by __exit__
         self._source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
@@ -2533,7 +2564,7 @@ def _write_and_verify(
     total = sum(member.size for member in members)
     coding = "adaptive" if adaptive and level else "every chunk at the level"
     log.info("compress: level %d (%s), %d threads, verified while written", level, coding, threads)
-    expected: List[Record] = []  # filled by write_tar, checked by the read-back as it goes
+    expected = Written(members)  # filled by write_tar, checked by the read-back as it goes
     with _temporary_file(output_dir) as temporary:
         progress, doing = _Progress("verify", total), "writing the package"
         with _os_errors(doing, temporary), _ReadBack(temporary, progress, expected) as back:

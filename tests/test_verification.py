@@ -13,7 +13,7 @@ import mims_package
 from mims_package import GzipWriter, Member, write_tar
 
 
-def write_package(path: Path, members: list[Member]) -> list[mims_package.Record]:
+def write_package(path: Path, members: list[Member]) -> mims_package.Written:
     """Write members as a package at path (as the job does, without the read-back)."""
     with open(path, "wb") as out, GzipWriter(out, 6, 1) as sink:
         return write_tar(members, sink)
