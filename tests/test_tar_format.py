@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 
 import pytest
@@ -72,3 +73,12 @@ def test_pax_record_length_counts_its_own_digits(value_length: int) -> None:
     length, _, rest = record.partition(b" ")
     assert int(length) == len(record)
     assert rest == b"path=" + b"v" * value_length + b"\n"
+
+
+@pytest.mark.parametrize("length", [0, 1, 255, 256, 257, 511, 512, 513, 1024])
+@pytest.mark.parametrize("fill", [0x00, 0x7F, 0xFF])
+def test_byte_sum_is_the_exact_sum_of_the_bytes(length: int, fill: int) -> None:
+    data = bytes([fill]) * length
+    assert mims_package._byte_sum(data) == sum(data)
+    noise = os.urandom(length)
+    assert mims_package._byte_sum(noise) == sum(noise)
