@@ -481,8 +481,10 @@ class Excludes:
     def pattern_for(self, relative: str, is_dir: bool) -> Optional[str]:
         """The pattern that leaves this path out (relative to its input's root), if any."""
         name = relative.rsplit("/", 1)[-1]
-        screens = self._screens[is_dir]
-        if not any(regex.match(relative if anchored else name) for regex, anchored in screens):
+        for regex, anchored in self._screens[is_dir]:
+            if regex.match(relative if anchored else name):
+                break
+        else:
             return None
         for glob, dir_only, anchored, pattern in self._rules:
             if (is_dir or not dir_only) and fnmatch.fnmatchcase(
@@ -513,10 +515,10 @@ class Excludes:
             )
 
 
-def _check_name(path: str) -> None:
+def _check_name(name: str, path: str) -> None:
     """Refuse a loose input whose name is not valid UTF-8 (tar PAX names must be)."""
     try:
-        os.path.basename(path).encode("utf-8")  # undecodable bytes are lone surrogates here
+        name.encode("utf-8")  # undecodable bytes are lone surrogates here
     except UnicodeEncodeError:
         raise PackagingError(
             f"file name {os.fsencode(path)!r} is not valid UTF-8; rename it"
@@ -777,6 +779,7 @@ REFUSED_TYPES = {
     b"M": "a multi-volume continuation",
     b"N": "an old GNU long-name record",
 }
+EXTENDED_TYPES = (PAX_HEADER_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK)  # for the next
 NUMERIC_PAX_KEYWORDS = (b"size", b"uid", b"gid")
 TIME_PAX_KEYWORDS = (b"mtime", b"atime", b"ctime")
 
@@ -1023,7 +1026,7 @@ class TarReader:
             raise ArchiveError("its header is damaged (the checksum does not match)")
         typeflag = block[156:157]
         mode, size, mtime = _header_numbers(block)
-        if typeflag in (PAX_HEADER_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK):
+        if typeflag in EXTENDED_TYPES:
             return None
         if typeflag in REFUSED_TYPES:
             raise ArchiveError(f"it is {REFUSED_TYPES[typeflag]}, which is refused")
@@ -1035,9 +1038,11 @@ class TarReader:
                 raise ArchiveError(f"its type {typeflag!r} is not a tar member type")
             kind = "unknown"  # POSIX: extract as a regular file
         name = _decoded_name(pax.get(b"path", long_name or raw_name), "name")
-        link = _decoded_name(
-            pax.get(b"linkpath", long_link or _c_string(block[157:257])), "link target"
-        )
+        link = ""
+        if block[157] or long_link is not None or b"linkpath" in pax:
+            link = _decoded_name(
+                pax.get(b"linkpath", long_link or _c_string(block[157:257])), "link target"
+            )
         if b"size" in pax:
             size = int(pax[b"size"])
         if b"mtime" in pax:
@@ -1699,7 +1704,7 @@ def stage_tree(
             is_dir = os.path.isdir(path) if is_link else entry.is_dir(follow_symlinks=False)
             if excludes is not None and excludes.leaves_out(name[len(prefix) :], is_dir, prefix):
                 continue
-            _check_name(path)
+            _check_name(entry.name, path)
             real, info = path, entry.stat(follow_symlinks=False)
             if is_link:
                 real = os.fspath(_resolve_inside(Path(path), root))
@@ -1766,7 +1771,7 @@ def _credential_name(name: str) -> Optional[str]:
 
 def _credential_content(data: bytes) -> Optional[str]:
     """What credential a small text file's bytes hold, if any; binary data is passed over."""
-    if b"\0" in data or not (b"PRIVATE KEY" in data or b"AKIA" in data or b"ASIA" in data):
+    if not (b"PRIVATE KEY" in data or b"AKIA" in data or b"ASIA" in data) or b"\0" in data:
         return None  # the common case, decided without a regex
     try:
         text = data.decode("utf-8")

@@ -246,7 +246,7 @@ MUTANTS = [
     ),
     Mutant(
         "stage: names not checked for UTF-8",
-        [("            _check_name(path)\n", "")],
+        [("            _check_name(entry.name, path)\n", "")],
         STAGING,
     ),
     # Verification.
