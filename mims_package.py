@@ -2260,14 +2260,32 @@ def _check_decoded(path: Path, decode: Callable[[], str]) -> str:
         ) from None
 
 
-def verify_package(path: Path, expected: Sequence[Record]) -> str:
-    """Check the finished package at path against what was meant to be written; return its hash."""
+def _check_same_bytes(read: str, written: str) -> None:
+    """The file must hold exactly the bytes written, by their SHA-256s.
+
+    Decoding alone cannot see every change: gunzip ignores the gzip header's
+    time and flags, and the padding bits after each piece's sync flush.
+    """
+    if read != written:
+        raise PackagingError(
+            f"its bytes differ from those written (SHA-256 {read} read back, {written} "
+            "written), which points to a disk or memory fault: run the job again"
+        )
+
+
+def verify_package(path: Path, expected: Sequence[Record], sha256: Optional[str] = None) -> str:
+    """Check the finished package at path against what was meant to be written; return its hash.
+
+    sha256, if given, is that of the bytes written, which the file must hold exactly.
+    """
     compare = _Expected(expected)
 
     def decode() -> str:
         with open(path, "rb", buffering=0) as raw:
             digest = _decode_package(raw, None, compare)
         compare.check_all_seen()
+        if sha256 is not None:
+            _check_same_bytes(digest, sha256)
         return digest
 
     return _check_decoded(path, decode)
@@ -2280,7 +2298,8 @@ class _ReadBack(_ContextManager):
     a thread reading the file through a descriptor of its own is told how far
     it may read. It never reads past what the file already holds, so each byte
     it checks came back from the file, not from memory. finish() fsyncs the
-    file before the reader may read its end. Overlapping the read-back with
+    file before the reader may read its end, and checks that the file's
+    SHA-256 is that of the bytes written. Overlapping the read-back with
     compression hides most of its cost.
     """
 
@@ -2290,6 +2309,7 @@ class _ReadBack(_ContextManager):
         self._source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
         self._ready = threading.Condition()
         self._written = 0
+        self._written_sha256 = hashlib.sha256()
         self._position = 0
         self._finished = False
         self._cancelled = False
@@ -2299,6 +2319,7 @@ class _ReadBack(_ContextManager):
         self._thread.start()
 
     def write(self, data: bytes) -> None:
+        self._written_sha256.update(data)
         self._out.write(data)
         self._out.flush()
         with self._ready:
@@ -2319,6 +2340,7 @@ class _ReadBack(_ContextManager):
             raise self._error
         assert self._result is not None
         self._expected.check_all_seen()
+        _check_same_bytes(self._result, self._written_sha256.hexdigest())
         return self._result
 
     def read(self, size: int) -> bytes:

@@ -251,6 +251,14 @@ MUTANTS = [
     ),
     # Verification.
     Mutant(
+        "verify: the file's bytes are not compared with those written",
+        [
+            ("        _check_same_bytes(self._result, self._written_sha256.hexdigest())\n", ""),
+            ("            _check_same_bytes(digest, sha256)\n", "            pass\n"),
+        ],
+        ["tests/test_verification.py"],
+    ),
+    Mutant(
         "verify: compares the content checksum only",
         [
             (

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -176,5 +179,100 @@ def test_a_file_that_changes_after_staging_is_refused(
 
     monkeypatch.setattr(mims_package, "_stage_inputs", stage_then_change)
     with pytest.raises(mims_package.PackagingError, match=message):
+        job.main()
+    assert not job.package.exists() and job.leftovers() == []
+
+
+# --- The file itself: every byte of it, piece by piece ------------------------------------
+
+
+class Pieces:
+    """A package's bytes as the gzip writer hands them over: header, pieces, end."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def pieces(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], mims_package.Written]:
+    """A package of two full pieces and a short one: random weights (Huffman) and text."""
+    files = write_tree(
+        tmp_path_factory.mktemp("pieces"),
+        {"a.bin": os.urandom(1 << 20), "b.txt": b"def f(x):\n    return x\n" * 50_000},
+    )
+    members = [
+        Member(name, os.fspath(files / name), False, (files / name).stat().st_size, 0o644, 0)
+        for name in ("a.bin", "b.txt")
+    ]
+    recorder = Pieces()
+    with GzipWriter(recorder, 6, 2) as sink:
+        written = write_tar(members, sink)
+    assert len(recorder.parts) == 5  # the header, three pieces, the end
+    return recorder.parts, written
+
+
+def caught(path: Path, data: bytes, written: mims_package.Written, sha256: str | None) -> bool:
+    path.write_bytes(data)
+    try:
+        mims_package.verify_package(path, written, sha256)
+    except mims_package.PackagingError:
+        return True
+    return False
+
+
+def test_a_flipped_bit_anywhere_in_the_file_is_caught(
+    pieces: tuple[list[bytes], mims_package.Written], tmp_path: Path
+) -> None:
+    parts, written = pieces
+    data = b"".join(parts)
+    sha256 = hashlib.sha256(data).hexdigest()
+    assert not caught(tmp_path / "p.tar.gz", data, written, sha256)  # the control passes
+    ends = list(itertools.accumulate(len(part) for part in parts))
+    positions = set(range(12)) | set(range(len(data) - 12, len(data)))  # header, the end
+    for end in ends[1:-1]:  # each piece's sync flush: its padding bits and marker
+        positions |= set(range(end - 8, end))
+    positions |= set(random.Random(7).sample(range(len(data)), 60))
+    missed = []
+    for position in sorted(positions):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[position] ^= 1 << bit
+            if not caught(tmp_path / "p.tar.gz", bytes(flipped), written, sha256):
+                missed.append((position, bit))
+    assert missed == []
+
+
+@pytest.mark.parametrize("fault", ["swapped pieces", "truncated piece", "piece left out"])
+def test_pieces_swapped_cut_or_lost_are_caught_by_decoding_alone(
+    pieces: tuple[list[bytes], mims_package.Written], tmp_path: Path, fault: str
+) -> None:
+    header, first, second, third, end = pieces[0]
+    body = {
+        "swapped pieces": [second, first, third],
+        "truncated piece": [first[:-1000], second, third],
+        "piece left out": [first, third],
+    }[fault]
+    data = b"".join([header, *body, end])
+    assert caught(tmp_path / "p.tar.gz", data, pieces[1], None)  # without the SHA-256 check
+    assert caught(tmp_path / "p.tar.gz", data, pieces[1], hashlib.sha256(data).hexdigest())
+
+
+def test_the_job_refuses_a_file_whose_ignored_bits_changed(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Byte 4 is the gzip header's MTIME, which gunzip ignores: only the SHA-256 sees it.
+    write_tree(job.model, {"m.bin": os.urandom(3 << 20)})
+    real_write = mims_package._ReadBack.write
+
+    def write(self: Any, data: bytes) -> None:
+        real_write(self, data)
+        if self._written == len(data):  # the header, first
+            os.pwrite(self._out.fileno(), b"\x01", 4)
+
+    monkeypatch.setattr(mims_package._ReadBack, "write", write)
+    with pytest.raises(mims_package.PackagingError, match="bytes differ from those written"):
         job.main()
     assert not job.package.exists() and job.leftovers() == []
