@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark mims_package.py against gzip, pigz and the naive tarfile baseline.
 
-    python3 tests/benchmark.py [--size-mb 300,1000] [--runs 3] [--threads N]
+    python3 tests/benchmark.py [--size-mb 300,1000] [--runs 3] [--threads N] [--model text]
     python3 tests/benchmark.py --types all [--size-mb 64]     (or --types float32,json,...)
     python3 tests/benchmark.py --files 10000,50000,200000       (small-file trees)
 
@@ -17,6 +17,9 @@ within each round, and reports the median of the rounds:
   its default level, as the original script did;
 * ours --no-adaptive and tar | pigz -H (Huffman codes only), so that adaptive
   coding is seen against each single setting.
+
+With --model text, the model is text-heavy instead: XGBoost-style tree dumps
+and a CSV of features, half each.
 
 With --types, it instead makes one file of each kind of model data (float32,
 float16, bf16, int8, sparse float32, JSON, CSV, an XGBoost model, a pickled
@@ -79,12 +82,12 @@ shutil.rmtree(staging)
 
 
 def write_array(path: Path, size: int, make: Callable[[int], Any]) -> None:
-    """Write size bytes of make(n_bytes) -> ndarray blocks, so memory stays small."""
+    """Write size bytes of make(n_bytes) -> ndarray or bytes blocks, so memory stays small."""
     with open(path, "wb") as out:
         left = size
         while left > 0:
             block = make(min(BLOCK, left))
-            out.write(block.tobytes()[:left])
+            out.write((block if isinstance(block, bytes) else block.tobytes())[:left])
             left -= BLOCK
 
 
@@ -159,13 +162,19 @@ def data_types() -> dict[str, Callable[[Any, int], bytes]]:
     }
 
 
-def make_model(directory: Path, size_mb: int) -> None:
-    """A synthetic model: half weights, a quarter embeddings, sparse layers, a vocabulary."""
+def make_model(directory: Path, size_mb: int, kind: str = "mix") -> None:
+    """A synthetic model: half weights, a quarter embeddings, sparse layers, a vocabulary.
+
+    The "text" kind is a text-heavy model instead: tree dumps and a CSV, half each.
+    """
     import numpy as np
 
     rng = np.random.default_rng(SEED)
     total = size_mb * 1_000_000
     directory.mkdir(parents=True)
+    if kind == "text":
+        make_text_model(directory, total, rng)
+        return
 
     def sparse(n: int) -> Any:
         values = rng.normal(0, 0.02, n // 4).astype(np.float32)
@@ -186,6 +195,38 @@ def make_model(directory: Path, size_mb: int) -> None:
     vocab_size = total // 50 // 16
     vocabulary = {f"token_{i}_{rng.integers(1 << 30):x}": i for i in range(vocab_size)}
     (directory / "vocab.json").write_text(json.dumps(vocabulary))
+
+
+def make_text_model(directory: Path, total: int, rng: Any) -> None:
+    """Tree dumps (as XGBoost's dump_model writes them) and a CSV of features, half each."""
+
+    def tree(number: int) -> str:
+        """One depth-5 tree: 31 splits, 32 leaves."""
+        features, thresholds = rng.integers(200, size=31), rng.normal(size=31)
+        leaves = rng.normal(0, 0.1, 32)
+        lines = [f"booster[{number}]:"]
+        for node in range(63):
+            depth = (node + 1).bit_length() - 1
+            indent = "\t" * depth
+            if node < 31:
+                yes, no = 2 * node + 1, 2 * node + 2
+                split = f"f{features[node]}<{thresholds[node]:.6g}"
+                lines.append(f"{indent}{node}:[{split}] yes={yes},no={no},missing={yes}")
+            else:
+                lines.append(f"{indent}{node}:leaf={leaves[node - 31]:.8g}")
+        return "\n".join(lines) + "\n"
+
+    def tree_dump(n: int) -> bytes:
+        trees, size = [], 0
+        while size < n:
+            trees.append(tree(len(trees)))
+            size += len(trees[-1])
+        return "".join(trees).encode()[:n]
+
+    csv = data_types()["csv"]
+    write_array(directory / "trees.txt", total // 2, tree_dump)
+    # csv() makes rows of about 33 bytes where it counts 40: ask for more, then cut.
+    write_array(directory / "features.csv", total - total // 2, lambda n: csv(rng, n * 3 // 2)[:n])
 
 
 @dataclass
@@ -317,7 +358,9 @@ def writer_scaling(model: Path, threads: int, runs: int) -> tuple[float, float]:
     sys.path.insert(0, str(ROOT))
     import mims_package
 
-    members = mims_package.plan_members(model, None)
+    members = sorted(
+        mims_package.stage_tree(model, mims_package.Normalized(None)), key=lambda m: m.name
+    )
 
     class Discard:
         def write(self, data: bytes) -> None:
@@ -419,10 +462,10 @@ def compare_types(kinds: list[str], size_mb: int, threads: int, runs: int, scrat
     print("\n".join(rows))
 
 
-def make_inputs(base: Path, generate: str, amount: int) -> tuple[Path, Path, Path]:
+def make_inputs(base: Path, generate: str, amount: int, *kind: str) -> tuple[Path, Path, Path]:
     """(model dir, dir of its model.tar.gz made with gzip -1, work dir), generated under base."""
     model, archive_dir, work = base / "model", base / "archive", base / "work"
-    helper(generate, str(model), str(amount))
+    helper(generate, str(model), str(amount), *kind)
     archive_dir.mkdir(parents=True)
     work.mkdir()
     archive = archive_dir / "model.tar.gz"
@@ -508,7 +551,7 @@ def compare_files(counts: list[int], args: argparse.Namespace, scratch: Path) ->
 
 def main() -> None:
     if sys.argv[1:2] == ["--generate"]:
-        make_model(Path(sys.argv[2]), int(sys.argv[3]))
+        make_model(Path(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:5])
         return
     if sys.argv[1:2] == ["--writer-scaling"]:
         print(*writer_scaling(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
@@ -531,6 +574,12 @@ def main() -> None:
         "--types", default=None, help="'all' or kinds of data, comma-separated: a table per kind"
     )
     parser.add_argument("--files", default=None, help="small-file tree sizes, comma-separated")
+    parser.add_argument(
+        "--model",
+        choices=("mix", "text"),
+        default="mix",
+        help="the model: the weights mix, or text-heavy (tree dumps and a CSV)",
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.size_mb.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="mims-bench-", dir=args.work_dir))
@@ -572,7 +621,7 @@ def compare_mix(sizes: list[int], args: argparse.Namespace, scratch: Path) -> No
     notes = []
     for size_mb in sizes:
         base = scratch / f"{size_mb}"
-        model, archive_dir, work = make_inputs(base, "--generate", size_mb)
+        model, archive_dir, work = make_inputs(base, "--generate", size_mb, args.model)
         groups = contenders(model, archive_dir, work, args.threads)
         for _ in range(args.runs):
             for group in groups.values():
