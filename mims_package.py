@@ -1852,9 +1852,15 @@ class CredentialCheck:
 # bytes and the level alone, so the bytes still do not depend on the thread
 # count, and both codings are plain deflate blocks in the same one stream.
 # Level 0 stores; --no-adaptive codes every chunk at the level.
+#
+# Each piece is announced (its size, the window it was primed with, its chunk's
+# CRC-32 and length) just before it is written, so that the read-back can
+# inflate pieces in parallel too (see Verification).
 
 CHUNK_SIZE = 1 << 20
 WINDOW_SIZE = 32 << 10
+GZIP_HEADER_SIZE = 10
+FINAL_BLOCK = b"\x03\x00"  # an empty fixed-Huffman block with BFINAL set, then the trailer
 PROBES = 4
 PROBE_SIZE = 16 << 10
 
@@ -1954,13 +1960,21 @@ class GzipWriter(_ContextManager):
     exception cancels the queued chunks; either way no worker thread outlives it.
     """
 
-    def __init__(self, out: "_Writable", level: int, threads: int, adaptive: bool = True) -> None:
+    def __init__(
+        self,
+        out: "_Writable",
+        level: int,
+        threads: int,
+        adaptive: bool = True,
+        announce: Optional[Callable[[int, bytes, int, int], None]] = None,
+    ) -> None:
         self._out = out
         self._level = level
         self._adaptive = adaptive
+        self._announce = announce
         self._max_in_flight = 2 * threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate")
-        self._in_flight: Deque[Future[Tuple[bytes, int, int]]] = deque()
+        self._in_flight: Deque[Tuple[Future[Tuple[bytes, int, int]], bytes]] = deque()
         self._pending = bytearray()
         self._window = b""
         self._crc = 0
@@ -1977,14 +1991,18 @@ class GzipWriter(_ContextManager):
 
     def _submit(self, chunk: bytes) -> None:
         coding = (self._level, self._adaptive)
-        self._in_flight.append(self._pool.submit(_deflate_chunk, chunk, self._window, *coding))
+        future = self._pool.submit(_deflate_chunk, chunk, self._window, *coding)
+        self._in_flight.append((future, self._window))
         self._window = chunk[-WINDOW_SIZE:]
         if len(self._in_flight) >= self._max_in_flight:
             self._write_oldest()
 
     def _write_oldest(self) -> None:
-        piece, crc, length = self._in_flight.popleft().result()
+        future, window = self._in_flight.popleft()
+        piece, crc, length = future.result()
         self._crc = crc32_combine(self._crc, crc, length)
+        if self._announce is not None:
+            self._announce(len(piece), window, crc, length)
         self._out.write(piece)
 
     def close(self) -> None:
@@ -1994,14 +2012,14 @@ class GzipWriter(_ContextManager):
             self._pending.clear()
         while self._in_flight:
             self._write_oldest()
-        self._out.write(b"\x03\x00" + struct.pack("<II", self._crc, self.size & 0xFFFFFFFF))
+        self._out.write(FINAL_BLOCK + struct.pack("<II", self._crc, self.size & 0xFFFFFFFF))
 
     def __exit__(self, *exc_info: object) -> None:
         try:
             if exc_info[0] is None:
                 self.close()
         finally:
-            for future in self._in_flight:  # shutdown(cancel_futures=) is Python 3.9+
+            for future, _ in self._in_flight:  # shutdown(cancel_futures=) is Python 3.9+
                 future.cancel()
             self._pool.shutdown(wait=True)
 
@@ -2194,19 +2212,28 @@ class _HashingReader:
         return data
 
 
+def _undecodable(exc: BaseException) -> PackagingError:
+    return PackagingError(f"the package does not decode: {exc}")
+
+
+def _visit_members(stream: "_Readable", visit: Callable[[Record], None]) -> None:
+    """Parse a decoded tar stream to its end, handing each member (content as CRC-32) to visit."""
+    reader = TarReader(stream)
+    for member in reader.members():
+        crc = 0
+        for piece in reader.data():
+            crc = zlib.crc32(piece, crc)
+        mtime = int(member.mtime)
+        visit(Record(member.name, member.typeflag, member.size, member.mode, mtime, crc))
+
+
 def _decode_package(
     raw: "_Readable", progress: Optional[_Progress], visit: Callable[[Record], None]
 ) -> str:
-    """Decode a package from raw, handing each member to visit; return the file's SHA-256."""
+    """Decode a package from raw as one stream, handing each member to visit; return its hash."""
     hashed = _HashingReader(raw)
-    reader = TarReader(_Decoder(hashed, many=False, progress=progress))
-    with _bad_data(lambda exc: PackagingError(f"the package does not decode: {exc}")):
-        for member in reader.members():
-            crc = 0
-            for piece in reader.data():
-                crc = zlib.crc32(piece, crc)
-            mtime = int(member.mtime)
-            visit(Record(member.name, member.typeflag, member.size, member.mode, mtime, crc))
+    with _bad_data(_undecodable):
+        _visit_members(_Decoder(hashed, many=False, progress=progress), visit)
     return hashed.sha256.hexdigest()
 
 
@@ -2291,31 +2318,169 @@ def verify_package(path: Path, expected: Sequence[Record], sha256: Optional[str]
     return _check_decoded(path, decode)
 
 
+# The read-back inflates pieces in parallel, as the writer deflates them. Each
+# piece ends byte-aligned on a sync flush, and was primed with the 32 KiB of
+# input before it, which the writer announces with the piece (see the gzip
+# writer). So a pool of threads inflates each piece on its own, read from the
+# file and primed with that window, and the read-back then checks, in file
+# order: that each piece decodes to exactly its chunk's length and CRC-32; that
+# the window the next piece was primed with is the tail of what this one
+# decoded to, so that the pieces join into one stream; that the gzip header is
+# a plain one; and that the end is the final block and trailer, whose CRC-32
+# and length are those of all the pieces together, with nothing after it. The
+# decoded stream goes on to the tar reader in order, and the file's bytes into
+# its SHA-256. At most MAX_ANNOUNCED pieces wait to be read back: beyond that
+# the writer waits, so their windows take at most a few MB.
+
+MAX_ANNOUNCED = 64
+
+
+class _Piece(NamedTuple):
+    """A piece of the package file, as the writer announced it."""
+
+    offset: int
+    size: int
+    window: bytes  # the input before its chunk, that it was primed with
+    crc32: int  # of its chunk
+    length: int  # of its chunk
+
+
+def _pread_exactly(fd: int, size: int, offset: int) -> bytes:
+    """size bytes of the file at offset (fewer only where it ends)."""
+    data = b""
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _inflate_piece(fd: int, piece: _Piece) -> Tuple[bytes, bytes]:
+    """(the piece's bytes in the file, what they decode to); both checked against the piece."""
+    raw = _pread_exactly(fd, piece.size, piece.offset)
+    if piece.window:
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS, zdict=piece.window)
+    else:
+        inflate = zlib.decompressobj(-zlib.MAX_WBITS)
+    decoded = inflate.decompress(raw, piece.length + 1)
+    where = f"the piece at byte {piece.offset}"
+    if len(raw) < piece.size or inflate.eof or inflate.unconsumed_tail:
+        raise ArchiveError(f"{where} is not one whole piece of a deflate stream")
+    if len(decoded) != piece.length or zlib.crc32(decoded) != piece.crc32:
+        raise ArchiveError(f"{where} does not decode to its chunk (length or CRC-32 differs)")
+    return raw, decoded
+
+
+def _check_gzip_header(header: bytes) -> None:
+    """A plain gzip header: magic, deflate, no flags (the package has no name or comment)."""
+    if header[:4] != GZIP_MAGIC + b"\x08\x00" or len(header) != GZIP_HEADER_SIZE:
+        raise ArchiveError(f"the gzip header {header!r} is not one this writer writes")
+
+
+class _PieceStream(_ContextManager):
+    """The package's tar stream, inflated from the file piece by piece on a pool of threads.
+
+    read() returns the decoded bytes in order, and b"" only once the end of
+    the file has been checked; sha256 is then the file's.
+    """
+
+    def __init__(self, back: "_ReadBack", threads: int, progress: _Progress) -> None:
+        self._back = back
+        self._progress = progress
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inflate")
+        self._max_in_flight = 2 * threads
+        self._in_flight: Deque[Tuple[_Piece, Future[Tuple[bytes, bytes]]]] = deque()
+        self.sha256 = hashlib.sha256()
+        header = back.wait_for_header()
+        _check_gzip_header(header)
+        self.sha256.update(header)
+        self._offset = len(header)
+        self._tail = b""
+        self._crc = 0
+        self._length = 0
+        self._buffer = memoryview(b"")
+        self._ended = False
+
+    def read(self, size: int) -> bytes:
+        while not self._buffer and not self._ended:
+            self._next_chunk()
+        data = bytes(self._buffer[:size])
+        self._buffer = self._buffer[size:]
+        return data
+
+    def _next_chunk(self) -> None:
+        """Start decoding what pieces there are, then check the oldest (or, at the end, the end)."""
+        while len(self._in_flight) < self._max_in_flight:
+            piece = self._back.next_piece(wait=not self._in_flight)
+            if piece is None:
+                break
+            future = self._pool.submit(_inflate_piece, self._back.fd, piece)
+            self._in_flight.append((piece, future))
+        if not self._in_flight:
+            self._check_end()
+            return
+        piece, future = self._in_flight.popleft()
+        raw, decoded = future.result()
+        if piece.offset != self._offset or piece.window != self._tail:
+            raise ArchiveError(
+                f"the piece at byte {piece.offset} does not follow the one before it"
+            )
+        self.sha256.update(raw)
+        self._offset += len(raw)
+        self._tail = decoded[-WINDOW_SIZE:]
+        self._crc = crc32_combine(self._crc, piece.crc32, piece.length)
+        self._length += piece.length
+        self._progress.update(self._length)
+        self._buffer = memoryview(decoded)
+
+    def _check_end(self) -> None:
+        """The final block and the trailer of all the pieces, and nothing after them."""
+        end = self._back.read_end(self._offset)
+        trailer = struct.pack("<II", self._crc, self._length & 0xFFFFFFFF)
+        if end != FINAL_BLOCK + trailer:
+            raise ArchiveError(
+                f"the end of the package at byte {self._offset} is not the final block and a "
+                "trailer with the CRC-32 and length of what it holds, alone"
+            )
+        self.sha256.update(end)
+        self._ended = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        for _, future in self._in_flight:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
 class _ReadBack(_ContextManager):
     """Reads the package back from disk while it is being written, and decodes it.
 
     Everything the compressor produces goes through write(): to the file, then
-    a thread reading the file through a descriptor of its own is told how far
-    it may read. It never reads past what the file already holds, so each byte
-    it checks came back from the file, not from memory. finish() fsyncs the
-    file before the reader may read its end, and checks that the file's
-    SHA-256 is that of the bytes written. Overlapping the read-back with
-    compression hides most of its cost.
+    the read-back thread is told how far the file holds it; piece() announces
+    each piece before it is written. The read-back reads the file through a
+    descriptor of its own, never past what the file already holds, so each
+    byte it checks came back from the file, not from memory. finish() fsyncs
+    the file before the end may be read, and checks that the file's SHA-256 is
+    that of the bytes written. Overlapping the read-back with compression
+    hides most of its cost.
     """
 
-    def __init__(self, path: Path, progress: _Progress, expected: Sequence[Record]) -> None:
+    def __init__(
+        self, path: Path, progress: _Progress, expected: Sequence[Record], threads: int = 1
+    ) -> None:
         self._expected = _Expected(expected)
         self._out = open(path, "wb")  # noqa: SIM115 - closed by __exit__
-        self._source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by __exit__
+        self.fd = os.open(path, os.O_RDONLY)
         self._ready = threading.Condition()
         self._written = 0
         self._written_sha256 = hashlib.sha256()
-        self._position = 0
+        self._announced: Deque[_Piece] = deque()
         self._finished = False
         self._cancelled = False
         self._result: Optional[str] = None
         self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._decode, args=(progress,), name="read-back")
+        args = (threads, progress)
+        self._thread = threading.Thread(target=self._decode, args=args, name="read-back")
         self._thread.start()
 
     def write(self, data: bytes) -> None:
@@ -2324,7 +2489,17 @@ class _ReadBack(_ContextManager):
         self._out.flush()
         with self._ready:
             self._written += len(data)
-            self._ready.notify()
+            self._ready.notify_all()
+
+    def piece(self, size: int, window: bytes, crc: int, length: int) -> None:
+        """Announce the piece about to be written; wait while too many are not yet read back."""
+        with self._ready:
+            while len(self._announced) >= MAX_ANNOUNCED and self._thread.is_alive():
+                self._ready.wait(STOP_CHECK_INTERVAL)
+                _check_stop()
+            if self._thread.is_alive():  # a read-back that failed reads nothing more
+                self._announced.append(_Piece(self._written, size, window, crc, length))
+                self._ready.notify_all()
 
     def finish(self) -> str:
         """Fsync the file, let the reader read and check it to its end; return its SHA-256."""
@@ -2332,7 +2507,7 @@ class _ReadBack(_ContextManager):
         os.fsync(self._out.fileno())
         with self._ready:
             self._finished = True
-            self._ready.notify()
+            self._ready.notify_all()
         while self._thread.is_alive():
             _check_stop()
             self._thread.join(STOP_CHECK_INTERVAL)
@@ -2343,33 +2518,59 @@ class _ReadBack(_ContextManager):
         _check_same_bytes(self._result, self._written_sha256.hexdigest())
         return self._result
 
-    def read(self, size: int) -> bytes:
-        with self._ready:
-            while self._position >= self._written and not self._finished and not self._cancelled:
-                self._ready.wait()
-            if self._cancelled:
-                raise _Cancelled
-            if not self._finished:
-                size = min(size, self._written - self._position)
-        data = self._source.read(size)
-        self._position += len(data)
-        return data
+    def _wait(self, ready: Callable[[], bool]) -> None:
+        """Wait (in the read-back thread) until ready() or the writer is done; end if it failed."""
+        while not ready() and not self._finished and not self._cancelled:
+            self._ready.wait()
+        if self._cancelled:
+            raise _Cancelled
 
-    def _decode(self, progress: _Progress) -> None:
+    def wait_for_header(self) -> bytes:
+        """The gzip header, once the file holds it."""
+        with self._ready:
+            self._wait(lambda: self._written >= GZIP_HEADER_SIZE)
+        return _pread_exactly(self.fd, GZIP_HEADER_SIZE, 0)
+
+    def next_piece(self, wait: bool) -> Optional[_Piece]:
+        """The next piece once the file holds it; None at the end, or now if not wait."""
+        with self._ready:
+            if wait:
+                self._wait(lambda: bool(self._announced) and self._on_disk(self._announced[0]))
+            if not self._announced or not self._on_disk(self._announced[0]):
+                return None
+            self._ready.notify_all()
+            return self._announced.popleft()
+
+    def _on_disk(self, piece: _Piece) -> bool:
+        return self._written >= piece.offset + piece.size
+
+    def read_end(self, offset: int) -> bytes:
+        """The file from offset to its end, at most a byte past the final block and trailer;
+        only once the file is complete and fsync'd."""
+        with self._ready:
+            self._wait(lambda: False)
+        return _pread_exactly(self.fd, len(FINAL_BLOCK) + 9, offset)
+
+    def _decode(self, threads: int, progress: _Progress) -> None:
         try:
-            self._result = _decode_package(self, progress, self._expected)
+            with _bad_data(_undecodable), _PieceStream(self, threads, progress) as stream:
+                _visit_members(stream, self._expected)
+            self._result = stream.sha256.hexdigest()
         except _Cancelled:
             pass
         except BaseException as exc:
             self._error = exc
+        finally:
+            with self._ready:
+                self._ready.notify_all()
 
     def __exit__(self, *exc_info: object) -> None:
         """Stop the reader (at once, if the writer failed) and close its descriptor."""
         with self._ready:
             self._cancelled = True
-            self._ready.notify()
+            self._ready.notify_all()
         self._thread.join()
-        self._source.close()
+        os.close(self.fd)
         self._out.close()
 
 
@@ -2605,8 +2806,10 @@ def _write_and_verify(
     expected = Written(members)  # filled by write_tar, checked by the read-back as it goes
     with _temporary_file(output_dir) as temporary:
         progress, doing = _Progress("verify", total), "writing the package"
-        with _os_errors(doing, temporary), _ReadBack(temporary, progress, expected) as back:
-            with _phase("compress") as phase, GzipWriter(back, level, threads, adaptive) as sink:
+        reading = (temporary, progress, expected, threads)
+        with _os_errors(doing, temporary), _ReadBack(*reading) as back:
+            writing = (back, level, threads, adaptive, back.piece)
+            with _phase("compress") as phase, GzipWriter(*writing) as sink:
                 write_tar(members, sink, inspect, expected)
                 phase.amount = _human(total)
             with _phase("verify") as phase:

@@ -279,15 +279,44 @@ MUTANTS = [
             (
                 "        self._out.write(data)\n        self._out.flush()\n",
                 "        self._out.write(data)\n        self._out.flush()\n"
-                '        self.__dict__.setdefault("_memory", bytearray()).extend(data)\n',
+                "        _MEMORY.extend(data)\n",
+            ),
+            ("MAX_ANNOUNCED = 64\n", "MAX_ANNOUNCED = 64\n_MEMORY = bytearray()\n"),
+            (
+                "        self._written_sha256 = hashlib.sha256()\n",
+                "        self._written_sha256 = hashlib.sha256()\n        _MEMORY.clear()\n",
             ),
             (
-                "        data = self._source.read(size)\n",
-                '        data = bytes(self.__dict__.get("_memory", b"")'
-                "[self._position : self._position + size])\n",
+                "        more = os.pread(fd, size - len(data), offset + len(data))\n",
+                "        more = bytes(_MEMORY[offset + len(data) : offset + size])\n",
             ),
         ],
         VERIFICATION,
+    ),
+    Mutant(
+        "read-back: pieces not checked to join up",
+        [
+            (
+                "        if piece.offset != self._offset or piece.window != self._tail:",
+                "        if piece.offset != self._offset:",
+            )
+        ],
+        ["tests/test_verification.py"],
+    ),
+    Mutant(
+        "read-back: a piece's CRC-32 not checked",
+        [
+            (
+                "    if len(decoded) != piece.length or zlib.crc32(decoded) != piece.crc32:",
+                "    if len(decoded) != piece.length:",
+            )
+        ],
+        ["tests/test_verification.py"],
+    ),
+    Mutant(
+        "read-back: the end not checked",
+        [("        if end != FINAL_BLOCK + trailer:", "        if False:")],
+        ["tests/test_verification.py"],
     ),
     Mutant(
         "verify: the changed-size check removed",

@@ -118,7 +118,7 @@ def test_order_is_write_fsync_read_the_end_rename(
     write_tree(job.model, {"m.bin": os.urandom(2 << 20)})
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
-    real_read = mims_package._ReadBack.read
+    real_pread = mims_package._pread_exactly
 
     def fsync(fd: int) -> None:
         if os.readlink(f"/proc/self/fd/{fd}").endswith(".partial"):
@@ -129,14 +129,15 @@ def test_order_is_write_fsync_read_the_end_rename(
         events.append("rename")
         real_replace(source, target)
 
-    def read(self: Any, size: int) -> bytes:
-        if self._finished and "read-end" not in events:  # reading on towards the file's end
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        data = real_pread(fd, size, offset)
+        if len(data) < size:  # a read that reached the end of the file
             events.append("read-end")
-        return real_read(self, size)
+        return data
 
     monkeypatch.setattr(mims_package.os, "fsync", fsync)
     monkeypatch.setattr(mims_package.os, "replace", replace)
-    monkeypatch.setattr(mims_package._ReadBack, "read", read)
+    monkeypatch.setattr(mims_package, "_pread_exactly", pread)
     job.main()
     assert events == ["fsync", "read-end", "rename"]
 
@@ -276,3 +277,58 @@ def test_the_job_refuses_a_file_whose_ignored_bits_changed(
     with pytest.raises(mims_package.PackagingError, match="bytes differ from those written"):
         job.main()
     assert not job.package.exists() and job.leftovers() == []
+
+
+# --- The read-back inflates pieces in parallel: what joins them is checked ----------------
+
+
+def test_a_piece_primed_with_another_window_is_caught(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As if the writer's copy of the input before a chunk went bad in memory: the piece
+    # decodes to its chunk with that window, but gunzip decodes it after the real stream.
+    write_tree(job.model, {"m.txt": b"def f(x):\n    return x\n" * 100_000})
+    real_submit = GzipWriter._submit
+
+    def submit(self: Any, chunk: bytes) -> None:
+        if self._window:
+            self._window = b"#" + self._window[1:]
+        real_submit(self, chunk)
+
+    monkeypatch.setattr(GzipWriter, "_submit", submit)
+    with pytest.raises(mims_package.PackagingError, match="does not follow the one before it"):
+        job.main()
+    assert not job.package.exists() and job.leftovers() == []
+
+
+def test_a_piece_that_decodes_to_other_bytes_than_its_chunk_is_caught(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A byte of tar padding changed after the chunk's CRC-32 was taken: no member's
+    # content changes, so only the piece's own CRC-32 can see it.
+    write_tree(job.model, {"m.bin": b"m" * 1000})  # padding at bytes 1512 to 1535
+    real_deflate = mims_package._deflate_chunk
+
+    def deflate(chunk: bytes, *args: Any) -> tuple[bytes, int, int]:
+        _, crc, length = real_deflate(chunk, *args)
+        piece, _, _ = real_deflate(chunk[:1520] + b"x" + chunk[1521:], *args)
+        return piece, crc, length
+
+    monkeypatch.setattr(mims_package, "_deflate_chunk", deflate)
+    with pytest.raises(mims_package.PackagingError, match="does not decode to its chunk"):
+        job.main()
+
+
+def test_a_trailer_that_is_not_the_pieces_crc_is_caught(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, {"m.bin": os.urandom(3 << 20)})
+    real_close = GzipWriter.close
+
+    def close(self: Any) -> None:
+        self._crc ^= 1
+        real_close(self)
+
+    monkeypatch.setattr(GzipWriter, "close", close)
+    with pytest.raises(mims_package.PackagingError, match="is not the final block and a trailer"):
+        job.main()
