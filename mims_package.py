@@ -49,7 +49,7 @@ The file reads in pipeline order, one section each:
 * What goes into the package: members with normalized metadata; no credentials.
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
-* Verification: the package read back from disk and compared member by member.
+* Verification: the package read back from disk, pieces inflated in parallel, compared.
 * The job: work and output dirs, staging, package().
 * Entry points: main() for pipelines, cli() for the command line.
 """
