@@ -298,3 +298,21 @@ def test_the_cli_codes_adaptively_unless_told_not_to(tmp_path: Path) -> None:
         assert f"compress: level 6 ({coding})" in result.stdout
         sizes[flag] = (out / "model.tar.gz").stat().st_size
     assert sizes[""] < sizes["--no-adaptive"]
+
+
+def test_probing_stops_once_matching_clearly_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, ...]] = []
+    real = mims_package._raw_deflate
+
+    def counted(*args: Any) -> Any:
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(mims_package, "_raw_deflate", counted)
+    text = (b"def f(x):\n    return x\n" * 50_000)[:MIB]
+    assert mims_package.choose_strategy(text, 6) == zlib.Z_DEFAULT_STRATEGY
+    assert len(calls) == 2  # the first probe, coded both ways
+    calls.clear()
+    weights = TYPES["float32"](np.random.default_rng(3), MIB)
+    assert mims_package.choose_strategy(weights, 6) == zlib.Z_HUFFMAN_ONLY
+    assert len(calls) == 2 * mims_package.PROBES
