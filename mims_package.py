@@ -72,6 +72,7 @@ import json
 import logging
 import lzma
 import math
+import operator
 import os
 import queue
 import re
@@ -1668,6 +1669,9 @@ class Normalized:
         return Member(name, path, is_dir, 0 if is_dir else info.st_size, mode, mtime)
 
 
+_BY_NAME = operator.attrgetter("name")
+
+
 def stage_tree(
     root: Path,
     member: Callable[[str, str, os.stat_result], Member],
@@ -1693,7 +1697,7 @@ def stage_tree(
     while stack:
         source_dir, name_prefix, ancestors = stack.pop()
         with os.scandir(source_dir) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)  # the first fault found is
+            entries = sorted(listing, key=_BY_NAME)  # the first fault found is
         for entry in entries:  # the same on every filesystem
             _check_stop()
             path = entry.path
@@ -1761,11 +1765,11 @@ AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9
 
 def _credential_name(name: str) -> Optional[str]:
     """What a file's name says, if it names a credentials file."""
-    parts = name.split("/")
-    if parts[-2:] == [".aws", "credentials"]:
+    base = name.rpartition("/")[2]
+    if base == "credentials" and (name == ".aws/credentials" or name.endswith("/.aws/credentials")):
         return "its name marks a credentials file (.aws/credentials)"
-    if parts[-1] in SECRET_FILE_NAMES:
-        return f"its name marks a credentials file ({parts[-1]})"
+    if base in SECRET_FILE_NAMES:
+        return f"its name marks a credentials file ({base})"
     return None
 
 
@@ -2789,8 +2793,9 @@ def _check_and_log_members(members: List[Member], loose_model: bool) -> None:
                     "or the file that --model-dir names)",
                     member.name,
                 )
-    for member in members:
-        log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
+    if log.isEnabledFor(logging.DEBUG):
+        for member in members:
+            log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
 
 
 def _scanned(loose_model: bool) -> Callable[[str], bool]:
