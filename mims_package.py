@@ -1760,6 +1760,7 @@ class Record(NamedTuple):
 # certificate or AWS's documented example key id pass).
 PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 AWS_KEY_ID = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
+AWS_KEY_ID_START = re.compile(rb"A[KS]IA")  # one scan for both prefixes: faster than two "in"
 AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
 
 
@@ -1775,8 +1776,8 @@ def _credential_name(name: str) -> Optional[str]:
 
 def _credential_content(data: bytes) -> Optional[str]:
     """What credential a small text file's bytes hold, if any; binary data is passed over."""
-    if not (b"PRIVATE KEY" in data or b"AKIA" in data or b"ASIA" in data) or b"\0" in data:
-        return None  # the common case, decided without a regex
+    if not (b"PRIVATE KEY" in data or AWS_KEY_ID_START.search(data)) or b"\0" in data:
+        return None  # the common case, decided on the bytes
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
