@@ -215,7 +215,7 @@ MUTANTS = [
     ),
     Mutant(
         "write: a planned file replaced by a FIFO is read",
-        [("        if not stat.S_ISREG(os.fstat(fd).st_mode):", "        if False:")],
+        [("        if not stat.S_ISREG(info.st_mode):", "        if False:")],
         ["tests/test_verification.py"],
     ),
     Mutant(
@@ -328,7 +328,7 @@ MUTANTS = [
         "gzip: no final block",
         [
             (
-                '        self._out.write(b"\\x03\\x00" + struct.pack(',
+                "        self._out.write(FINAL_BLOCK + struct.pack(",
                 "        self._out.write(struct.pack(",
             )
         ],
