@@ -374,23 +374,24 @@ MUTANTS = [
         "ship: excludes ignored",
         [
             (
-                "        if excludes is not None and excludes.leaves_out(relative, is_dir, where):",
-                "        if False:",
+                "            if excludes is not None and excludes.leaves_out(name[len(prefix) :], "
+                "is_dir, prefix):",
+                "            if False:",
             )
         ],
         ["tests/test_shipping.py"],
     ),
     Mutant(
         "ship: credential contents not checked",
-        [("            inspect(member, block)\n", "            pass\n")],
+        [("        inspect(member, first)\n", "        pass\n")],
         ["tests/test_shipping.py"],
     ),
     Mutant(
         "ship: mtimes from the inputs by default",
         [
             (
-                "        mtime = fixed\n        if keep_mtimes:",
-                "        mtime = fixed\n        if True:",
+                "        mtime = self._fixed\n        if self._keep_mtimes:",
+                "        mtime = self._fixed\n        if True:",
             )
         ],
         ["tests/test_shipping.py", "tests/test_names.py"],
