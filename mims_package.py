@@ -1413,8 +1413,7 @@ class _Extractor:
             kind, link, target = self._hard_link_target(member, parts)
         elif kind == "symlink":
             self._check_symlink(member.name, link, parts)
-        if kind in ("symlink", "hardlink"):
-            self._apply_data_filter(member, kind, link)
+        self._apply_data_filter(member, kind, link)
         mtime = _mtime(member.mtime)
         parent = self._make_parents(parts, mtime)
         name = "/".join(parts)
@@ -1499,7 +1498,7 @@ class _Extractor:
         for a file or a directory its realpath checks (a dozen lstat calls a
         member) could find nothing that the checks above do not.
         """
-        if self.data_filter is None:
+        if self.data_filter is None or kind not in ("symlink", "hardlink"):
             return
         info = tarfile.TarInfo(member.name)
         info.type = TAR_TYPES[kind]
@@ -1697,8 +1696,9 @@ def stage_tree(
     while stack:
         source_dir, name_prefix, ancestors = stack.pop()
         with os.scandir(source_dir) as listing:
-            entries = sorted(listing, key=_BY_NAME)  # the first fault found is
-        for entry in entries:  # the same on every filesystem
+            # Sorted, so that the first fault found is the same on every filesystem.
+            entries = sorted(listing, key=_BY_NAME)
+        for entry in entries:
             _check_stop()
             path = entry.path
             if name_prefix == prefix and entry.name in skip:
@@ -1857,9 +1857,9 @@ class CredentialCheck:
 # least 10% smaller at the level (text, sparse arrays), the chunk is coded at
 # the level without more probes: that can cost at most Huffman's gain, never
 # make the chunk larger than coding at the level, and it saves most of the
-# probes' time on text. The choice depends on the chunk's
-# bytes and the level alone, so the bytes still do not depend on the thread
-# count, and both codings are plain deflate blocks in the same one stream.
+# probes' time on text. The choice depends on the chunk's bytes and the level
+# alone, so the bytes still do not depend on the thread count, and both
+# codings are plain deflate blocks in the same one stream.
 # Level 0 stores; --no-adaptive codes every chunk at the level.
 #
 # Each piece is announced (its size, the window it was primed with, its chunk's
