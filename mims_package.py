@@ -682,6 +682,7 @@ class Inputs:
 # Directory names end in "/". Readers take the PAX records over the ustar fields.
 
 BLOCK_SIZE = 512
+ZERO_BLOCK = bytes(BLOCK_SIZE)  # two of them end an archive
 RECORD_SIZE = 20 * BLOCK_SIZE
 USTAR_NAME_BYTES = 100
 USTAR_MAX_NUMBER = 8**11 - 1  # what 11 octal digits hold: sizes and mtimes
@@ -696,22 +697,22 @@ def _byte_sum(data: bytes) -> int:
     The low half of an Adler-32 is 1 + the sum of the bytes modulo 65521,
     which is the exact sum for 256 bytes or fewer (256 x 255 < 65520).
     """
-    total = 0
-    for start in range(0, len(data), 256):
-        total += (zlib.adler32(data[start : start + 256]) & 0xFFFF) - 1
-    return total
+    if len(data) <= 256:
+        return (zlib.adler32(data) & 0xFFFF) - 1
+    return _byte_sum(data[:256]) + _byte_sum(data[256:])
 
 
 def _ustar_block(name: bytes, kind: bytes, size: int, mode: int, mtime: int) -> bytes:
     """One 512-byte ustar header block, checksum included (uid and gid 0, no owner names)."""
     head = b"%s%07o\0%s%011o\0%011o\0" % (name.ljust(100, b"\0"), mode, _ROOT_IDS, size, mtime)
-    tail = kind + _USTAR_TAIL
-    checksum = _byte_sum(head + b" " * 8 + tail)  # the checksum field counts as spaces
-    return b"%s%06o\0 %s" % (head, checksum, tail)
+    checksum = _byte_sum(head) + _BLANK_CHECKSUM_SUM + kind[0] + _USTAR_TAIL_SUM
+    return b"%s%06o\0 %s%s" % (head, checksum, kind, _USTAR_TAIL)
 
 
 _ROOT_IDS = b"0000000\0" * 2  # uid, gid
 _USTAR_TAIL = bytes(100) + b"ustar\x0000" + bytes(247)  # after the type: link name, magic...
+_USTAR_TAIL_SUM = sum(_USTAR_TAIL)
+_BLANK_CHECKSUM_SUM = 8 * ord(" ")  # while it is summed, the checksum field counts as spaces
 
 
 def _pax_record(keyword: bytes, value: bytes) -> bytes:
@@ -930,7 +931,11 @@ class TarReader:
             for _ in self.data():
                 pass
         if self._padding:
-            self._exactly(self._padding, "the padding after a member")
+            if self._position + self._padding <= len(self._buffer):  # buffered: not copied
+                self._position += self._padding
+                self.offset += self._padding
+            else:
+                self._exactly(self._padding, "the padding after a member")
             self._padding = 0
 
     def _payload(self, size: int, what: str) -> bytes:
@@ -953,9 +958,22 @@ class TarReader:
             self._remaining -= size
             yield piece
 
+    def data_crc32(self) -> int:
+        """The CRC-32 of the current member's bytes, read to their end."""
+        end = self._position + self._remaining
+        if end <= len(self._buffer):  # all buffered already: the common case, in one step
+            crc = zlib.crc32(memoryview(self._buffer)[self._position : end])
+            self.offset += self._remaining
+            self._position, self._remaining = end, 0
+            return crc
+        crc = 0
+        for piece in self.data():
+            crc = zlib.crc32(piece, crc)
+        return crc
+
     def _finish(self, start: int) -> None:
         """After a zero block: the second must follow, and nothing but zeros after them."""
-        if self._take(BLOCK_SIZE) != bytes(BLOCK_SIZE):
+        if self._take(BLOCK_SIZE) != ZERO_BLOCK:
             raise ArchiveError(
                 f"the zero block at byte {start} is not followed by a second one "
                 "(a damaged or truncated archive)"
@@ -972,7 +990,8 @@ class TarReader:
         pax: Dict[bytes, bytes] = {}
         long_name = long_link = None
         while True:
-            self._skip_data()
+            if self._remaining or self._padding:
+                self._skip_data()
             start = self.offset
             block = self._take(BLOCK_SIZE)
             if len(block) < BLOCK_SIZE:
@@ -981,7 +1000,7 @@ class TarReader:
                     if not block or not pax
                     else "the archive ends after an extended header (truncated)"
                 )
-            if not block.strip(b"\0"):
+            if block == ZERO_BLOCK:
                 self._finish(start)
                 if pax or long_name is not None or long_link is not None:
                     raise ArchiveError("an extended header has no member after it")
@@ -2078,14 +2097,8 @@ def _changed(member: Member, what: str) -> PackagingError:
     )
 
 
-def _file_blocks(member: Member) -> Iterator[bytes]:
-    """A member's bytes in blocks of at most IO_BLOCK_SIZE; it must not have grown.
-
-    Each read asks for one byte more than is left, so a file that grew is
-    seen. A short read at the planned size, which fstat also gives, is the
-    end of a regular file (one reads short nowhere else), so a small file
-    takes one read, not two.
-    """
+def _open_planned(member: Member) -> Tuple[int, os.stat_result]:
+    """Open a planned file again, and fstat it: it must still be a regular file."""
     try:
         fd = os.open(member.path, _OPEN_FLAGS)
     except (FileNotFoundError, NotADirectoryError):
@@ -2098,19 +2111,30 @@ def _file_blocks(member: Member) -> Iterator[bytes]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise _changed(member, "was replaced by a non-file while being packaged")
-        size, copied = member.size, 0
-        while copied <= size:
-            _check_stop()
-            wanted = min(IO_BLOCK_SIZE, size + 1 - copied)
-            block = os.read(fd, wanted)
-            if not block:
-                return
-            copied += len(block)
-            yield block
-            if copied == size == info.st_size and len(block) < wanted:
-                return
-    finally:
+    except BaseException:
         os.close(fd)
+        raise
+    return fd, info
+
+
+def _file_blocks(fd: int, member: Member, info: os.stat_result) -> Iterator[bytes]:
+    """A member's bytes in blocks of at most IO_BLOCK_SIZE; it must not have grown.
+
+    Each read asks for one byte more than is left, so a file that grew is
+    seen. A short read at the planned size, which fstat also gives, is the
+    end of a regular file (one reads short nowhere else).
+    """
+    size, copied = member.size, 0
+    while copied <= size:
+        _check_stop()
+        wanted = min(IO_BLOCK_SIZE, size + 1 - copied)
+        block = os.read(fd, wanted)
+        if not block:
+            return
+        copied += len(block)
+        yield block
+        if copied == size == info.st_size and len(block) < wanted:
+            return
 
 
 def _write_file(
@@ -2122,18 +2146,46 @@ def _write_file(
 ) -> int:
     """Write a file's header, bytes and padding into sink; return its CRC-32.
 
-    A file that comes in one block goes in one write, header and padding
-    included, and inspect, if given, sees its bytes. A file that changed size
-    is refused (the padding written early is then discarded with the package).
+    A file smaller than IO_BLOCK_SIZE takes one read and goes in one write,
+    header and padding included; inspect, if given, sees its bytes. A file
+    that changed size is refused.
     """
-    blocks = _file_blocks(member)
+    fd, info = _open_planned(member)
+    try:
+        size = member.size
+        if size < IO_BLOCK_SIZE:
+            data = os.read(fd, size + 1)
+            if len(data) == size == info.st_size:  # a short read at the planned size: the end
+                if inspect is not None:
+                    inspect(member, data)
+                sink.write(header + data + _padding(size))
+                return zlib.crc32(data)
+            os.lseek(fd, 0, os.SEEK_SET)  # it changed: the general path says how
+        blocks = _file_blocks(fd, member, info)
+        return _write_blocks(blocks, member, header, sink, progress, inspect)
+    finally:
+        os.close(fd)
+
+
+def _write_blocks(
+    blocks: Iterator[bytes],
+    member: Member,
+    header: bytes,
+    sink: GzipWriter,
+    progress: _Progress,
+    inspect: Optional[Inspector],
+) -> int:
+    """Write a file's header, blocks and padding into sink; return its CRC-32.
+
+    A file that changed size is refused (what was written of it is then
+    discarded with the package).
+    """
     first = next(blocks, b"")
-    whole = len(first) == member.size
-    if whole and inspect is not None:
+    if len(first) == member.size and inspect is not None:
         inspect(member, first)
     crc = zlib.crc32(first)
     copied = len(first)
-    sink.write(header + first + _padding(copied) if whole else header + first)
+    sink.write(header + first)
     for block in blocks:
         crc = zlib.crc32(block, crc)
         sink.write(block)
@@ -2143,8 +2195,7 @@ def _write_file(
         raise _changed(
             member, f"changed size while being packaged ({member.size} -> {copied} bytes)"
         )
-    if not whole:
-        sink.write(_padding(copied))
+    sink.write(_padding(copied))
     return crc
 
 
@@ -2194,15 +2245,16 @@ def write_tar(
     written = Written(members) if written is None else written
     for member in members:
         _check_stop()
-        header = member_header(member.name, member.is_dir, member.size, member.mode, member.mtime)
+        name, _, is_dir, size, mode, mtime = member
+        header = member_header(name, is_dir, size, mode, mtime)
         crc = 0
-        if member.is_dir:
+        if is_dir:
             sink.write(header)
         else:
             crc = _write_file(member, header, sink, progress, inspect)
             progress.update(sink.size)
         written.crcs.append(crc)
-    sink.write(bytes(2 * BLOCK_SIZE))  # the end-of-archive marker
+    sink.write(2 * ZERO_BLOCK)  # the end-of-archive marker
     sink.write(bytes(-sink.size % RECORD_SIZE))
     return written
 
@@ -2232,9 +2284,7 @@ def _visit_members(stream: "_Readable", visit: Callable[[Record], None]) -> None
     """Parse a decoded tar stream to its end, handing each member (content as CRC-32) to visit."""
     reader = TarReader(stream)
     for member in reader.members():
-        crc = 0
-        for piece in reader.data():
-            crc = zlib.crc32(piece, crc)
+        crc = reader.data_crc32()
         mtime = int(member.mtime)
         visit(Record(member.name, member.typeflag, member.size, member.mode, mtime, crc))
 

@@ -143,7 +143,7 @@ MUTANTS = [
     ),
     Mutant(
         "reader: one zero block is taken for the end",
-        [("        if self._take(BLOCK_SIZE) != bytes(BLOCK_SIZE):", "        if False:")],
+        [("        if self._take(BLOCK_SIZE) != ZERO_BLOCK:", "        if False:")],
         READER,
     ),
     Mutant(
@@ -322,6 +322,26 @@ MUTANTS = [
         "verify: the changed-size check removed",
         [("    if copied != member.size:", "    if False:")],
         VERIFICATION,
+    ),
+    Mutant(
+        "verify: a small file read in one go is not checked for a change of size",
+        [("            if len(data) == size == info.st_size:", "            if True:")],
+        VERIFICATION,
+    ),
+    Mutant(
+        "reader: padding skipped beyond the buffered bytes",
+        [
+            (
+                "            if self._position + self._padding <= len(self._buffer):",
+                "            if True:",
+            )
+        ],
+        READER,
+    ),
+    Mutant(
+        "reader: a member's CRC-32 taken from the buffered bytes only",
+        [("        if end <= len(self._buffer):", "        if True:")],
+        [*READER, *VERIFICATION],
     ),
     # The gzip writer's framing.
     Mutant(
