@@ -2016,7 +2016,8 @@ class GzipWriter(_ContextManager):
         self.size += len(data)
         self._pending += data
         while len(self._pending) >= CHUNK_SIZE:
-            chunk = bytes(self._pending[:CHUNK_SIZE])
+            with memoryview(self._pending) as pending:  # one copy, not two
+                chunk = bytes(pending[:CHUNK_SIZE])
             del self._pending[:CHUNK_SIZE]
             self._submit(chunk)
 
