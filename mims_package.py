@@ -697,9 +697,8 @@ def _byte_sum(data: bytes) -> int:
     The low half of an Adler-32 is 1 + the sum of the bytes modulo 65521,
     which is the exact sum for 256 bytes or fewer (256 x 255 < 65520).
     """
-    if len(data) <= 256:
-        return (zlib.adler32(data) & 0xFFFF) - 1
-    return _byte_sum(data[:256]) + _byte_sum(data[256:])
+    total = (zlib.adler32(data[:256]) & 0xFFFF) - 1
+    return total + _byte_sum(data[256:]) if len(data) > 256 else total
 
 
 def _ustar_block(name: bytes, kind: bytes, size: int, mode: int, mtime: int) -> bytes:
@@ -2224,9 +2223,9 @@ class Written(Sequence[Record]):
     def __getitem__(self, index: Union[int, slice]) -> Union[Record, List[Record]]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        member, crc = self.members[index], self.crcs[index]
-        kind = DIRECTORY_TYPE if member.is_dir else REGULAR_TYPE
-        return Record(member.name, kind, member.size, member.mode, member.mtime, crc)
+        name, _, is_dir, size, mode, mtime = self.members[index]
+        kind = DIRECTORY_TYPE if is_dir else REGULAR_TYPE
+        return Record(name, kind, size, mode, mtime, self.crcs[index])
 
 
 def write_tar(
@@ -2325,7 +2324,10 @@ class _Expected:
         self.seen = 0
 
     def __call__(self, found: Record) -> None:
-        want = self.records[self.seen] if self.seen < len(self.records) else None
+        try:
+            want: Optional[Record] = self.records[self.seen]
+        except IndexError:
+            want = None
         if found != want:
             raise _Mismatch(f"{found.name!r}: wrote {want}, read {found}")
         self.seen += 1
