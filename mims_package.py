@@ -2223,6 +2223,8 @@ class Written(Sequence[Record]):
     def __getitem__(self, index: Union[int, slice]) -> Union[Record, List[Record]]:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:  # counted from the last member written, not the last planned
+            index = range(len(self))[index]
         name, _, is_dir, size, mode, mtime = self.members[index]
         kind = DIRECTORY_TYPE if is_dir else REGULAR_TYPE
         return Record(name, kind, size, mode, mtime, self.crcs[index])

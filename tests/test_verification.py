@@ -32,6 +32,18 @@ def members(tmp_path: Path) -> list[Member]:
     ]
 
 
+def test_what_was_written_counts_only_the_members_written(members: list[Member]) -> None:
+    written = mims_package.Written(members)
+    written.crcs.extend([1, 2])  # two of the three planned members written so far
+    assert len(written) == 2
+    assert [record.name for record in written] == ["a.bin", "b.bin"]
+    assert written[-1] == written[1] == ("b.bin", b"0", 5, 0o755, 1_700_000_000, 2)
+    with pytest.raises(IndexError):
+        written[-3]
+    with pytest.raises(IndexError):
+        written[2]
+
+
 def different(member: Member, field: str, tmp_path: Path) -> Member:
     """member with one field changed, and nothing else."""
     if field == "content":
