@@ -403,6 +403,11 @@ MUTANTS = [
     ),
     Mutant(
         "ship: credential contents not checked",
+        [("                    inspect(member, data)\n", "                    pass\n")],
+        ["tests/test_shipping.py"],
+    ),
+    Mutant(
+        "ship: credential contents not checked on the block-by-block path",
         [("        inspect(member, first)\n", "        pass\n")],
         ["tests/test_shipping.py"],
     ),

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, ROOT, Job, archive_tree, assert_refused, files_of, run_cli, write_tree
 
+import mims_package
+
 MODEL = {"xgboost_model.bst": b"booster"}
 CODE = {"inference.py": "def model_fn(d): pass\n", "processing/util.py": "X = 1\n"}
 JUNK = {
@@ -172,6 +174,14 @@ def test_large_and_binary_files_are_not_read_for_credentials(job: Job) -> None:
     write_tree(job.model, {"weights.bin": b"\x00" + pem, "big.txt": pem + b"x" * (1 << 20)})
     result = job.cli()
     assert result.returncode == 0, result.stdout
+
+
+def test_a_file_of_exactly_the_scan_limit_is_read_for_credentials(job: Job) -> None:
+    """The largest file scanned: the one that a read of up to IO_BLOCK_SIZE bytes takes whole."""
+    pem = b"-----BEGIN RSA PRIVATE KEY-----\n"
+    limit = mims_package.SECRET_SCAN_LIMIT
+    write_tree(job.model, {**MODEL, "notes.txt": pem + b"x" * (limit - len(pem))})
+    assert_refused(job.cli(), job, "notes.txt: it holds a private key")
 
 
 def test_a_model_archive_is_not_scanned_but_its_code_is(job: Job) -> None:
