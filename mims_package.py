@@ -1207,7 +1207,7 @@ def _is_tar_header(block: bytes) -> bool:
         stored = int(field.strip(b" \0") or b"-", 8)
     except ValueError:
         return False
-    unsigned = _byte_sum(block) - sum(field) + 8 * ord(" ")  # the field counts as spaces
+    unsigned = _byte_sum(block) - sum(field) + _BLANK_CHECKSUM_SUM
     if stored == unsigned:
         return True
     high_bytes = len(block) - len(block.translate(None, _HIGH_BYTES))
@@ -2117,24 +2117,19 @@ def _open_planned(member: Member) -> Tuple[int, os.stat_result]:
     return fd, info
 
 
-def _file_blocks(fd: int, member: Member, info: os.stat_result) -> Iterator[bytes]:
-    """A member's bytes in blocks of at most IO_BLOCK_SIZE; it must not have grown.
+def _read_block(fd: int, member: Member, info: os.stat_result, copied: int) -> Tuple[bytes, bool]:
+    """The file's next block, of at most IO_BLOCK_SIZE bytes, and whether it ends the file.
 
     Each read asks for one byte more than is left, so a file that grew is
     seen. A short read at the planned size, which fstat also gives, is the
-    end of a regular file (one reads short nowhere else).
+    end of a regular file (one reads short nowhere else), so a small file
+    takes one read, not two.
     """
-    size, copied = member.size, 0
-    while copied <= size:
-        _check_stop()
-        wanted = min(IO_BLOCK_SIZE, size + 1 - copied)
-        block = os.read(fd, wanted)
-        if not block:
-            return
-        copied += len(block)
-        yield block
-        if copied == size == info.st_size and len(block) < wanted:
-            return
+    wanted = min(IO_BLOCK_SIZE, member.size + 1 - copied)
+    block = os.read(fd, wanted)
+    copied += len(block)
+    at_planned_end = copied == member.size == info.st_size and len(block) < wanted
+    return block, not block or copied > member.size or at_planned_end
 
 
 def _write_file(
@@ -2146,51 +2141,29 @@ def _write_file(
 ) -> int:
     """Write a file's header, bytes and padding into sink; return its CRC-32.
 
-    A file smaller than IO_BLOCK_SIZE takes one read and goes in one write,
-    header and padding included; inspect, if given, sees its bytes. A file
-    that changed size is refused.
+    A file that comes in one block goes in one write, header and padding
+    included, and inspect, if given, sees its bytes. A file that changed size
+    is refused (what was written of it is then discarded with the package).
     """
     fd, info = _open_planned(member)
     try:
-        size = member.size
-        if size < IO_BLOCK_SIZE:
-            data = os.read(fd, size + 1)
-            if len(data) == size == info.st_size:  # a short read at the planned size: the end
-                if inspect is not None:
-                    inspect(member, data)
-                sink.write(header + data + _padding(size))
-                return zlib.crc32(data)
-            os.lseek(fd, 0, os.SEEK_SET)  # it changed: the general path says how
-        blocks = _file_blocks(fd, member, info)
-        return _write_blocks(blocks, member, header, sink, progress, inspect)
+        block, ended = _read_block(fd, member, info, 0)
+        copied, crc = len(block), zlib.crc32(block)
+        if copied == member.size and inspect is not None:
+            inspect(member, block)
+        if ended and copied == member.size:  # the whole file in one block: the common case
+            sink.write(header + block + _padding(copied))
+            return crc
+        sink.write(header + block)
+        while not ended:
+            _check_stop()
+            block, ended = _read_block(fd, member, info, copied)
+            crc = zlib.crc32(block, crc)
+            sink.write(block)
+            copied += len(block)
+            progress.update(sink.size)
     finally:
         os.close(fd)
-
-
-def _write_blocks(
-    blocks: Iterator[bytes],
-    member: Member,
-    header: bytes,
-    sink: GzipWriter,
-    progress: _Progress,
-    inspect: Optional[Inspector],
-) -> int:
-    """Write a file's header, blocks and padding into sink; return its CRC-32.
-
-    A file that changed size is refused (what was written of it is then
-    discarded with the package).
-    """
-    first = next(blocks, b"")
-    if len(first) == member.size and inspect is not None:
-        inspect(member, first)
-    crc = zlib.crc32(first)
-    copied = len(first)
-    sink.write(header + first)
-    for block in blocks:
-        crc = zlib.crc32(block, crc)
-        sink.write(block)
-        copied += len(block)
-        progress.update(sink.size)
     if copied != member.size:
         raise _changed(
             member, f"changed size while being packaged ({member.size} -> {copied} bytes)"
@@ -2810,7 +2783,7 @@ def _stage_inputs(
             members += stage_tree(source, member, f"{name}/", (), excludes)
         phase.amount = f"{sum(not m.is_dir for m in members)} files"
     excludes.warn()
-    members.sort(key=lambda m: m.name)
+    members.sort(key=_BY_NAME)
     return members
 
 
