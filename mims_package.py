@@ -725,7 +725,10 @@ def _pax_record(keyword: bytes, value: bytes) -> bytes:
 
 def _padding(size: int) -> bytes:
     """The NUL bytes that fill size up to a whole block."""
-    return bytes(-size % BLOCK_SIZE)
+    return _PADDINGS[-size % BLOCK_SIZE]
+
+
+_PADDINGS = tuple(bytes(count) for count in range(BLOCK_SIZE))  # made once, not per file
 
 
 def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> bytes:
@@ -1892,6 +1895,8 @@ PROBES = 4
 PROBE_SIZE = 16 << 10
 CLEAR_WIN = 0.9  # the level's size, relative to Huffman's, that ends the probing
 
+Chunk = Union[bytes, memoryview]  # a chunk is a view of the joined input, not a copy
+
 
 if TYPE_CHECKING:
 
@@ -1956,7 +1961,7 @@ def _raw_deflate(level: int, strategy: int, window: bytes = b"") -> Any:
     return zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, 8, strategy)
 
 
-def choose_strategy(chunk: bytes, level: int) -> int:
+def choose_strategy(chunk: Chunk, level: int) -> int:
     """Z_HUFFMAN_ONLY if the chunk's probes code no larger with it than at level, else default."""
     step = max(len(chunk) // PROBES, 1)
     sizes = {zlib.Z_DEFAULT_STRATEGY: 0, zlib.Z_HUFFMAN_ONLY: 0}
@@ -1972,7 +1977,7 @@ def choose_strategy(chunk: bytes, level: int) -> int:
 
 
 def _deflate_chunk(
-    chunk: bytes, window: bytes, level: int, adaptive: bool
+    chunk: Chunk, window: bytes, level: int, adaptive: bool
 ) -> Tuple[bytes, int, int]:
     """Deflate one chunk, primed with the window before it; end byte-aligned (sync flush)."""
     strategy = zlib.Z_DEFAULT_STRATEGY
@@ -2005,26 +2010,36 @@ class GzipWriter(_ContextManager):
         self._max_in_flight = 2 * threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="deflate")
         self._in_flight: Deque[Tuple[Future[Tuple[bytes, int, int]], bytes]] = deque()
-        self._pending = bytearray()
+        self._queued: List[Chunk] = []  # less than a chunk in all
+        self._queued_size = 0
         self._window = b""
         self._crc = 0
         self.size = 0
         out.write(_gzip_header(level))
 
     def write(self, data: bytes) -> None:
+        """Queue data for compression; it is kept, not copied, so it must not change."""
         self.size += len(data)
-        self._pending += data
-        while len(self._pending) >= CHUNK_SIZE:
-            with memoryview(self._pending) as pending:  # one copy, not two
-                chunk = bytes(pending[:CHUNK_SIZE])
-            del self._pending[:CHUNK_SIZE]
-            self._submit(chunk)
+        self._queued.append(data)
+        self._queued_size += len(data)
+        if self._queued_size >= CHUNK_SIZE:
+            self._submit_whole_chunks()
 
-    def _submit(self, chunk: bytes) -> None:
+    def _submit_whole_chunks(self) -> None:
+        """Join what is queued (the one copy) and submit each whole chunk as a view of it."""
+        joined = memoryview(b"".join(self._queued))
+        start = 0
+        while len(joined) - start >= CHUNK_SIZE:
+            self._submit(joined[start : start + CHUNK_SIZE])
+            start += CHUNK_SIZE
+        self._queued_size = len(joined) - start
+        self._queued = [joined[start:]] if self._queued_size else []
+
+    def _submit(self, chunk: Chunk) -> None:
         coding = (self._level, self._adaptive)
         future = self._pool.submit(_deflate_chunk, chunk, self._window, *coding)
         self._in_flight.append((future, self._window))
-        self._window = chunk[-WINDOW_SIZE:]
+        self._window = bytes(chunk[-WINDOW_SIZE:])  # a copy: a view would keep the whole join
         if len(self._in_flight) >= self._max_in_flight:
             self._write_oldest()
 
@@ -2038,9 +2053,9 @@ class GzipWriter(_ContextManager):
 
     def close(self) -> None:
         """Compress what is left, write every piece, then the final block and trailer."""
-        if self._pending:
-            self._submit(bytes(self._pending))
-            self._pending.clear()
+        if self._queued_size:
+            self._submit(b"".join(self._queued))
+        self._queued, self._queued_size = [], 0
         while self._in_flight:
             self._write_oldest()
         self._out.write(FINAL_BLOCK + struct.pack("<II", self._crc, self.size & 0xFFFFFFFF))
@@ -2141,9 +2156,9 @@ def _write_file(
 ) -> int:
     """Write a file's header, bytes and padding into sink; return its CRC-32.
 
-    A file that comes in one block goes in one write, header and padding
-    included, and inspect, if given, sees its bytes. A file that changed size
-    is refused (what was written of it is then discarded with the package).
+    inspect, if given, sees the bytes of a file that comes in one block. A
+    file that changed size is refused (what was written of it is then
+    discarded with the package).
     """
     fd, info = _open_planned(member)
     try:
@@ -2151,10 +2166,8 @@ def _write_file(
         copied, crc = len(block), zlib.crc32(block)
         if copied == member.size and inspect is not None:
             inspect(member, block)
-        if ended and copied == member.size:  # the whole file in one block: the common case
-            sink.write(header + block + _padding(copied))
-            return crc
-        sink.write(header + block)
+        sink.write(header)
+        sink.write(block)
         while not ended:
             _check_stop()
             block, ended = _read_block(fd, member, info, copied)

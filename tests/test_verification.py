@@ -323,7 +323,7 @@ def test_a_piece_that_decodes_to_other_bytes_than_its_chunk_is_caught(
 
     def deflate(chunk: bytes, *args: Any) -> tuple[bytes, int, int]:
         _, crc, length = real_deflate(chunk, *args)
-        piece, _, _ = real_deflate(chunk[:1520] + b"x" + chunk[1521:], *args)
+        piece, _, _ = real_deflate(b"".join((chunk[:1520], b"x", chunk[1521:])), *args)
         return piece, crc, length
 
     monkeypatch.setattr(mims_package, "_deflate_chunk", deflate)
