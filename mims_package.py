@@ -62,6 +62,7 @@ if sys.version_info < (3, 7):  # checked before any import or syntax that 3.6 la
 
 import argparse
 import array
+import bisect
 import bz2
 import contextlib
 import errno
@@ -1785,6 +1786,13 @@ AWS_KEY_ID_START = re.compile(rb"A[KS]IA")  # one scan for both prefixes: faster
 AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
 
 
+# Where a listing of names, one a line, holds a name that may be a credentials file's: a
+# quick screen, in one pass, before the names are looked at one by one.
+_CREDENTIAL_NAME_END = re.compile(
+    "|".join(re.escape(name) + "$" for name in (*SECRET_FILE_NAMES, "credentials")), re.MULTILINE
+)
+
+
 def _credential_name(name: str) -> Optional[str]:
     """What a file's name says, if it names a credentials file."""
     base = name.rpartition("/")[2]
@@ -1824,6 +1832,9 @@ class CredentialCheck:
         self._allow = allow
 
     def names(self, members: List[Member]) -> None:
+        listing = "\n".join([member.name for member in members if not member.is_dir])
+        if not _CREDENTIAL_NAME_END.search(listing):
+            return  # the common case: no name ends as a credentials file's does
         for member in members:
             _check_stop()
             if not member.is_dir and self._scanned(member.name):
@@ -2814,18 +2825,40 @@ def _log_inputs(inputs: Inputs) -> None:
         )
 
 
+def _files_by_part(members: List[Member]) -> Dict[str, List[Member]]:
+    """The files of the model, the code and the calibration, from members sorted by name.
+
+    Sorted, the files under code/ are one slice: their names sort from "code/"
+    up to, but not including, "code0" ("0" follows "/"). So are calibration's.
+    The model's files are the rest.
+    """
+    files = [member for member in members if not member.is_dir]
+    names = [member.name for member in files]
+    spans = {
+        name: (bisect.bisect_left(names, name + "/"), bisect.bisect_left(names, name + "0"))
+        for name in (CODE_DIR, CALIBRATION_DIR)
+    }
+    model: List[Member] = []
+    done = 0
+    for start, end in sorted(spans.values()):
+        model += files[done:start]
+        done = end
+    model += files[done:]
+    parts = {"model": model}
+    parts.update((name, files[start:end]) for name, (start, end) in spans.items())
+    return parts
+
+
 def _check_and_log_members(members: List[Member], loose_model: bool) -> None:
     """Refuse a package without a model; count what goes in; flag archives packaged as files."""
-    extras = (CODE_DIR + "/", CALIBRATION_DIR + "/")
-    files = [m for m in members if not m.is_dir]
-    model = [m for m in files if not m.name.startswith(extras)]
+    parts = _files_by_part(members)
+    model = parts["model"]
     if not model:
         raise PackagingError(
             "the model input holds no model files; a package without a model cannot be deployed"
         )
-    for prefix, what in ((None, "model"), (CODE_DIR, "code"), (CALIBRATION_DIR, "calibration")):
-        group = model if prefix is None else [m for m in files if m.name.startswith(prefix + "/")]
-        log.info("%s files: %d, %s", what, len(group), _human(sum(m.size for m in group)))
+    for name, files in parts.items():
+        log.info("%s files: %d, %s", name, len(files), _human(sum(m.size for m in files)))
     if loose_model:
         for member in model:
             if member.name.endswith(ARCHIVE_SUFFIXES):

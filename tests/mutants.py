@@ -402,6 +402,16 @@ MUTANTS = [
         ["tests/test_shipping.py"],
     ),
     Mutant(
+        "ship: credential names screened out before they are looked at",
+        [("        if not _CREDENTIAL_NAME_END.search(listing):", "        if True:")],
+        ["tests/test_shipping.py"],
+    ),
+    Mutant(
+        "layout: a file beside code/ counted as code",
+        [('bisect.bisect_left(names, name + "0"))', 'bisect.bisect_left(names, name + "1"))')],
+        ["tests/test_layout.py"],
+    ),
+    Mutant(
         "ship: mtimes from the inputs by default",
         [
             (

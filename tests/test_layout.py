@@ -122,6 +122,19 @@ def test_files_beside_the_archive_are_ignored_and_named(job: Job) -> None:
     assert files_of(job.package) == as_bytes(EXPECTED)
 
 
+def test_files_are_counted_by_part_whatever_sorts_beside_code(job: Job) -> None:
+    # "code.txt" sorts before "code/", "code0" after its last file: both are model files.
+    near = {"code.txt": "1", "code-a/x": "2", "code0": "3", "codex/y": "4", "a": "5", "z": "6"}
+    write_tree(job.model, {**near, "calibration.json": "7"})
+    write_tree(job.script, CODE)
+    write_tree(job.tmp / "calibration", {"c/one.pkl": b"1", "two.pkl": b"2"})
+    result = job.cli("--calibration-dir", job.tmp / "calibration")
+    assert result.returncode == 0, result.stdout
+    assert "INFO model files: 7, 7 B" in result.stdout
+    assert "INFO code files: 3, 28 B" in result.stdout
+    assert "INFO calibration files: 2, 2 B" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("setup", "needle"),
     [
