@@ -1786,11 +1786,8 @@ AWS_KEY_ID_START = re.compile(rb"A[KS]IA")  # one scan for both prefixes: faster
 AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
 
 
-# Where a listing of names, one a line, holds a name that may be a credentials file's: a
-# quick screen, in one pass, before the names are looked at one by one.
-_CREDENTIAL_NAME_END = re.compile(
-    "|".join(re.escape(name) + "$" for name in (*SECRET_FILE_NAMES, "credentials")), re.MULTILINE
-)
+# How every credentials file's name ends: a quick screen before a name is looked at closely.
+_CREDENTIAL_NAME_ENDINGS = (*SECRET_FILE_NAMES, "credentials")
 
 
 def _credential_name(name: str) -> Optional[str]:
@@ -1832,11 +1829,8 @@ class CredentialCheck:
         self._allow = allow
 
     def names(self, members: List[Member]) -> None:
-        listing = "\n".join([member.name for member in members if not member.is_dir])
-        if not _CREDENTIAL_NAME_END.search(listing):
-            return  # the common case: no name ends as a credentials file's does
-        for member in members:
-            _check_stop()
+        suspects = [m for m in members if m.name.endswith(_CREDENTIAL_NAME_ENDINGS)]
+        for member in suspects:
             if not member.is_dir and self._scanned(member.name):
                 self._report(member, _credential_name(member.name))
 

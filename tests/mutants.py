@@ -403,7 +403,7 @@ MUTANTS = [
     ),
     Mutant(
         "ship: credential names screened out before they are looked at",
-        [("        if not _CREDENTIAL_NAME_END.search(listing):", "        if True:")],
+        [("        for member in suspects:", "        for member in suspects[:0]:")],
         ["tests/test_shipping.py"],
     ),
     Mutant(
