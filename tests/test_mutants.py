@@ -9,5 +9,5 @@ from conftest import SCRIPT
 
 @pytest.mark.parametrize("mutant", mutants.MUTANTS, ids=lambda mutant: mutant.name)
 def test_each_mutants_edits_apply_once_and_compile(mutant: mutants.Mutant) -> None:
-    mutated = mutants.mutate(SCRIPT.read_text(), mutant)
-    assert mutated != SCRIPT.read_text()
+    source = SCRIPT.read_text()
+    assert mutants.mutate(source, mutant) != source
