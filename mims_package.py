@@ -369,12 +369,22 @@ def _phase(name: str) -> Iterator[_Phase]:
 
 
 class _Progress:
-    """Logs bytes done of total, percent, MB/s and ETA, at most every PROGRESS_INTERVAL s."""
+    """Logs bytes done of total, percent, MB/s and ETA, at most every PROGRESS_INTERVAL s.
+
+    Done and total count the same bytes: the archive's for extraction, the
+    files' (not the tar stream's) for compression and verification.
+    """
 
     def __init__(self, phase: str, total: int) -> None:
         self.phase = phase
         self.total = total
+        self.done = 0
         self.start = self.last = time.monotonic()
+
+    def advance(self, count: int) -> None:
+        """count more bytes done."""
+        self.done += count
+        self.update(self.done)
 
     def update(self, done: int) -> None:
         now = time.monotonic()
@@ -517,6 +527,151 @@ class Excludes:
             )
 
 
+# Loose inputs are read as a snapshot. Each file's identity and version (device, inode,
+# size, mtime and ctime) are taken when it is planned, and must be the same when it is
+# opened and after it is read, as GNU tar checks "file changed as we read it". Paths are
+# opened one component at a time, each relative to its parent's descriptor and never
+# through a symlink: a directory swapped for a symlink during the job is refused, where
+# a path opened whole would follow it (O_NOFOLLOW guards only the last component).
+
+_MASK_64 = (1 << 64) - 1
+_DIRECTORY_FLAGS = (
+    getattr(os, "O_PATH", os.O_RDONLY)  # O_PATH: a directory one may search but not list
+    | getattr(os, "O_DIRECTORY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+_LISTING_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+# A file is opened without following a symlink, and without blocking on a FIFO: whatever
+# replaced it since it was planned is refused, not read.
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+MAX_OPEN_DIRECTORIES = 32  # of a _DirectoryChain: the deepest of the last path opened
+
+
+def _stamp(info: os.stat_result) -> int:
+    """A file's identity and version as one number: device, inode, size, mtime, ctime.
+
+    Each field takes 64 bits of it, so that two stamps are equal only if every
+    field is; one int a planned file, rather than five.
+    """
+    stamp = 0
+    for field in (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns):
+        stamp = stamp << 64 | field & _MASK_64
+    return stamp
+
+
+def _changed(path: str, when: str) -> PackagingError:
+    return PackagingError(
+        f"{path} changed {when}; make sure nothing writes to the inputs during the job"
+    )
+
+
+def _open_regular(path: str, stamp: Optional[int], dir_fd: Optional[int] = None) -> int:
+    """Open the regular file at path for reading (its last component relative to dir_fd, if given).
+
+    stamp, if given, is the file's stamp when it was planned; the file opened
+    must still have it. A symlink, FIFO or device in its place is refused.
+    """
+    try:
+        fd = os.open(
+            path if dir_fd is None else path.rpartition("/")[2], _OPEN_FLAGS, dir_fd=dir_fd
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        raise _changed(path, "(it was removed) while being packaged") from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise _changed(path, "(it was replaced by a symlink) while being packaged") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            if stamp is not None:
+                raise _changed(path, "(it is no longer a regular file) since it was planned")
+            raise PackagingError(f"{path} is not a regular file; remove it from the input")
+        if stamp is not None and _stamp(info) != stamp:
+            raise _changed(path, "since it was planned")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_unchanged(fd: int, path: str, stamp: int) -> None:
+    """After a file was read: it must be as it was planned (size, mtime, ctime and all)."""
+    if _stamp(os.fstat(fd)) != stamp:
+        raise _changed(path, "while being read")
+
+
+class _DirectoryChain(_ContextManager):
+    """Opens directories by their real absolute path, one component at a time, never a symlink.
+
+    It keeps the descriptors of the last directory opened and its parents (up
+    to MAX_OPEN_DIRECTORIES), so that the next directory, usually a sibling or
+    a child, costs an open or two.
+    """
+
+    def __init__(self) -> None:
+        self._chain: List[Tuple[str, int]] = []  # (path, descriptor), from the top down
+
+    def open(self, path: str) -> int:
+        """A descriptor of the directory at path, owned by the chain (valid until the next call)."""
+        while self._chain and not (
+            path == self._chain[-1][0] or path.startswith(self._chain[-1][0] + "/")
+        ):
+            os.close(self._chain.pop()[1])
+        if not self._chain:
+            self._chain.append(("", os.open("/", _DIRECTORY_FLAGS)))
+        base, fd = self._chain[-1]
+        for piece in path[len(base) :].split("/"):
+            if not piece:
+                continue
+            try:
+                fd = os.open(piece, _DIRECTORY_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                    raise
+                raise _changed(path, "(a directory on its path was replaced)") from None
+            base += "/" + piece
+            self._chain.append((base, fd))
+            if len(self._chain) > MAX_OPEN_DIRECTORIES:
+                os.close(self._chain.pop(0)[1])
+        return fd
+
+    def listing(self, path: str, key: Tuple[int, int]) -> List[Tuple[str, os.stat_result]]:
+        """The entries of the directory at path, with their lstat, sorted by name.
+
+        key is the directory's (device, inode) when it was found; the one
+        listed must be that directory still.
+        """
+        fd = os.open(".", _LISTING_FLAGS, dir_fd=self.open(path))
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != key:
+                raise _changed(path, "while being read")
+            with os.scandir(fd) as entries:
+                found = [(entry.name, entry.stat(follow_symlinks=False)) for entry in entries]
+        finally:
+            os.close(fd)
+        found.sort(key=_FIRST)
+        return found
+
+    def open_file(self, path: str, stamp: int) -> int:
+        """Open the planned regular file at path through the chain, as _open_regular does."""
+        return _open_regular(path, stamp, self.open(path.rpartition("/")[0]))
+
+    def __exit__(self, *exc_info: object) -> None:
+        while self._chain:
+            os.close(self._chain.pop()[1])
+
+
+_FIRST = operator.itemgetter(0)
+
+
 def _check_name(name: str, path: str) -> None:
     """Refuse a loose input whose name is not valid UTF-8 (tar PAX names must be)."""
     try:
@@ -582,7 +737,6 @@ def find_model_archive(model: Path) -> Optional[Path]:
     Anything beside model.tar.gz is ignored, with a warning naming it.
     """
     if model.is_file():
-        check_is_tar(model)
         return model
     if not model.is_dir():
         what = "does not exist" if not os.path.lexists(model) else "is not a directory or a file"
@@ -597,7 +751,6 @@ def find_model_archive(model: Path) -> Optional[Path]:
     archive = _resolve_inside(candidate, root) if candidate.is_symlink() else candidate
     if not archive.is_file():
         raise PackagingError(f"{candidate} is not a regular file; it must be the model archive")
-    check_is_tar(archive)
     for other in sorted(model.iterdir()):
         if other.name != MODEL_ARCHIVE_NAME:
             log.warning("ignoring %s: the model is %s", other, candidate)
@@ -628,6 +781,8 @@ class Inputs:
         self.given_script = script
         self.given_calibration = calibration
         self.archive = find_model_archive(model)
+        # The archive as it was checked: extraction reads exactly this file, unchanged.
+        self.archive_stamp = check_is_tar(self.archive) if self.archive is not None else 0
         self.script = _optional_dir(script, DEFAULT_SCRIPT_PATH, "script input", "--script-dir")
         self.calibration = _optional_dir(
             calibration, DEFAULT_CALIBRATION_PATH, "calibration input", "--calibration-dir"
@@ -755,18 +910,27 @@ def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> 
 # damaged header for the end of the archive, crashes on odd PAX values, and
 # before late-2024 patches spends minutes in a regex on a long PAX header
 # (CVE-2024-6232). This reader reads ustar and old-GNU headers, PAX extended
-# headers (x, and g, which is checked and ignored) and GNU long names (L, K).
-# Every header's checksum must hold, every number must parse, an extended
-# header may hold at most 64 KiB and a name at most 4096 bytes, and the
-# archive ends only at its end marker (two zero blocks) with nothing but zeros
-# after it.
+# headers (x and Solaris X; g, which is checked and ignored) and GNU long
+# names (L, K). Every header's checksum must hold, every number must parse,
+# an extended header may hold at most 64 KiB in at most 1,000 records (parsed
+# in one pass), at most 8 extended headers may come in a row, a name may hold
+# at most 4096 bytes, and the archive ends only at its end marker (two zero
+# blocks) with nothing but zeros after it.
+#
+# Names are read as GNU tar and bsdtar read them: the ustar prefix applies to
+# every header with the "ustar\0" magic, whatever its version; of two
+# extended headers of a kind in a row the last wins; a regular file whose
+# name ends in "/" is an old-style directory.
 
 MAX_EXTENDED_HEADER = 64 << 10
+MAX_PAX_RECORDS = 1000
+MAX_EXTENDED_IN_A_ROW = 8  # real archives use one or two (a g, then an x; or an L and a K)
 MAX_PATH_BYTES = 4096  # PATH_MAX
-USTAR_MAGIC = b"ustar\x0000"
+POSIX_MAGIC = b"ustar\0"  # the version after it does not matter to tar or bsdtar
 PAX_GLOBAL_TYPE = b"g"
+SOLARIS_PAX_TYPE = b"X"
 GNU_LONG_NAME, GNU_LONG_LINK, GNU_VOLUME_LABEL, GNU_DUMPDIR = b"L", b"K", b"V", b"D"
-TAR_TYPES = {"file": REGULAR_TYPE, "dir": DIRECTORY_TYPE, "symlink": b"2", "hardlink": b"1"}
+LINK_TYPES = {"symlink": b"2", "hardlink": b"1"}  # for tarfile's data filter
 MEMBER_KINDS = {
     b"0": "file",
     b"\0": "file",
@@ -784,13 +948,18 @@ REFUSED_TYPES = {
     b"M": "a multi-volume continuation",
     b"N": "an old GNU long-name record",
 }
-EXTENDED_TYPES = (PAX_HEADER_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK)  # for the next
+# The headers that describe the member after them, not a member of their own.
+EXTENDED_TYPES = (PAX_HEADER_TYPE, SOLARIS_PAX_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK)
 NUMERIC_PAX_KEYWORDS = (b"size", b"uid", b"gid")
 TIME_PAX_KEYWORDS = (b"mtime", b"atime", b"ctime")
 
 
 class ArchiveError(Exception):
     """The tar stream is damaged or malformed; the text says where and how."""
+
+
+class UnsupportedArchive(ArchiveError):
+    """The tar stream is sound but holds what is refused (sparse files, names not UTF-8...)."""
 
 
 class TarMember:
@@ -816,16 +985,28 @@ def _c_string(field: bytes) -> bytes:
     return field if end < 0 else field[:end]
 
 
-def _header_number(field: bytes, what: str) -> int:
-    """A header's number: octal ASCII, or GNU base-256 (a leading 0x80 byte) for large values."""
-    if field[:1] == b"\x80":
-        return int.from_bytes(field[1:], "big")
+def _header_number(field: bytes, what: str, signed: bool = False) -> int:
+    """A header's number: octal digits between spaces and NULs, or GNU base-256.
+
+    Base-256 (for values octal cannot hold) is big-endian after a first byte
+    of 0x80, or two's complement over the whole field after 0xff: negative,
+    as GNU tar and tarfile write mtimes before 1970. Only a signed field (the
+    mtime) may be negative.
+    """
+    if field[:1] in _BASE_256_MARKS:
+        value = int.from_bytes(field[1:], "big")
+        if field[:1] == b"\x80":
+            return value
+        if not signed:
+            raise ArchiveError(f"its {what} field is negative ({field!r})")
+        return value - (1 << 8 * (len(field) - 1))
     digits = _c_string(field).strip(b" ")
-    if not digits:
-        return 0
     if digits.strip(b"01234567"):
         raise ArchiveError(f"its {what} field is not an octal number ({field!r})")
-    return int(digits, 8)
+    return int(digits, 8) if digits else 0
+
+
+_BASE_256_MARKS = (b"\x80", b"\xff")
 
 
 # The numbers as this script (and most tars) writes them: octal digits, each field ended by NUL.
@@ -842,7 +1023,7 @@ def _header_numbers(block: bytes) -> Tuple[int, int, float]:
     return (
         _header_number(block[100:108], "mode") & 0o7777,
         _header_number(block[124:136], "size"),
-        _header_number(block[136:148], "mtime"),
+        _header_number(block[136:148], "mtime", signed=True),
     )
 
 
@@ -857,10 +1038,18 @@ def _pax_number(value: bytes, keyword: bytes, fraction: bool) -> float:
 
 
 def _pax_records(data: bytes) -> Dict[bytes, bytes]:
-    """The records of a PAX extended header ("<length> <keyword>=<value>\\n" each), checked."""
+    """The records of a PAX extended header ("<length> <keyword>=<value>\\n" each), checked.
+
+    One pass: each record is looked at once, so the time is linear in the size.
+    """
     records: Dict[bytes, bytes] = {}
-    position = 0
-    while position < len(data) and data[position:].strip(b"\0"):
+    position = count = 0
+    while position < len(data):
+        if data[position] == 0 and not data[position:].strip(b"\0"):
+            break  # NUL padding to the end (looked at once: it ends the loop either way)
+        count += 1
+        if count > MAX_PAX_RECORDS:
+            raise UnsupportedArchive(f"it holds more than {MAX_PAX_RECORDS} PAX records")
         space = data.find(b" ", position, position + 12)
         length_text = data[position:space] if space > position else b""
         if not length_text.isdigit():
@@ -872,7 +1061,7 @@ def _pax_records(data: bytes) -> Dict[bytes, bytes]:
         if not equals:
             raise ArchiveError(f"the PAX record {data[position : position + 40]!r} has no '='")
         if keyword.startswith(b"GNU.sparse."):
-            raise ArchiveError(
+            raise UnsupportedArchive(
                 "it is a sparse file (GNU.sparse PAX records); sparse members are refused"
             )
         if keyword in NUMERIC_PAX_KEYWORDS or keyword in TIME_PAX_KEYWORDS:
@@ -885,13 +1074,17 @@ def _pax_records(data: bytes) -> Dict[bytes, bytes]:
 def _decoded_name(raw: bytes, what: str) -> str:
     """A name or link target as text: UTF-8, no NUL, at most MAX_PATH_BYTES."""
     if len(raw) > MAX_PATH_BYTES:
-        raise ArchiveError(f"its {what} is {len(raw)} bytes long, over {MAX_PATH_BYTES} (PATH_MAX)")
+        raise UnsupportedArchive(
+            f"its {what} is {len(raw)} bytes long, over {MAX_PATH_BYTES} (PATH_MAX)"
+        )
     if b"\0" in raw:
         raise ArchiveError(f"its {what} holds a NUL byte")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise ArchiveError(f"its {what} {raw!r} is not valid UTF-8") from None
+        raise UnsupportedArchive(
+            f"its {what} {raw!r} is not valid UTF-8; rename it, or repack with UTF-8 names"
+        ) from None
 
 
 class TarReader:
@@ -992,6 +1185,7 @@ class TarReader:
         """Every member, checked; raises ArchiveError naming the member (or offset) at a fault."""
         pax: Dict[bytes, bytes] = {}
         long_name = long_link = None
+        extended = 0  # extended headers in a row, before the member they describe
         while True:
             if self._remaining or self._padding:
                 self._skip_data()
@@ -1000,7 +1194,7 @@ class TarReader:
             if len(block) < BLOCK_SIZE:
                 raise ArchiveError(
                     "the archive ends without its end-of-archive marker (truncated)"
-                    if not block or not pax
+                    if not block or not extended
                     else "the archive ends after an extended header (truncated)"
                 )
             if block == ZERO_BLOCK:
@@ -1009,32 +1203,39 @@ class TarReader:
                     raise ArchiveError("an extended header has no member after it")
                 return
             raw_name = _c_string(block[0:100])
-            if block[257:265] == USTAR_MAGIC and block[345] != 0:
+            if block[257:263] == POSIX_MAGIC and block[345] != 0:
                 raw_name = _c_string(block[345:500]) + b"/" + raw_name
             try:
                 member = self._member(block, raw_name, pax, long_name, long_link)
             except ArchiveError as exc:
                 shown = raw_name.decode("utf-8", "backslashreplace")
-                raise ArchiveError(f"the member at byte {start} ({shown[:200]!r}): {exc}") from None
-            if member is None:  # an extended header: it applies to the next member
-                typeflag = block[156:157]
-                data = self._payload(_header_number(block[124:136], "size"), "extended header")
-                try:
-                    if typeflag == PAX_HEADER_TYPE:
-                        pax.update(_pax_records(data))
-                    elif typeflag == PAX_GLOBAL_TYPE:
-                        _pax_records(data)  # checked; its defaults are not applied
-                    elif typeflag == GNU_LONG_NAME:
-                        long_name = _c_string(data)
-                    elif typeflag == GNU_LONG_LINK:
-                        long_link = _c_string(data)
-                except ArchiveError as exc:
-                    raise ArchiveError(f"the extended header at byte {start}: {exc}") from None
+                message = f"the member at byte {start} ({shown[:200]!r}): {exc}"
+                raise type(exc)(message) from None
+            if member is not None:
+                pax, long_name, long_link, extended = {}, None, None, 0
+                if member.kind != "label":
+                    yield member
                 continue
-            pax, long_name, long_link = {}, None, None
-            if member.kind == "label":
-                continue
-            yield member
+            # An extended header: it applies to the next member, and the last of a kind wins.
+            extended += 1
+            if extended > MAX_EXTENDED_IN_A_ROW:
+                raise UnsupportedArchive(
+                    f"the extended header at byte {start} is one of more than "
+                    f"{MAX_EXTENDED_IN_A_ROW} in a row"
+                )
+            typeflag = block[156:157]
+            data = self._payload(_header_number(block[124:136], "size"), "extended header")
+            try:
+                if typeflag in (PAX_HEADER_TYPE, SOLARIS_PAX_TYPE):
+                    pax = _pax_records(data)
+                elif typeflag == PAX_GLOBAL_TYPE:
+                    _pax_records(data)  # checked; its defaults are not applied
+                elif typeflag == GNU_LONG_NAME:
+                    long_name = _c_string(data)
+                else:
+                    long_link = _c_string(data)
+            except ArchiveError as exc:
+                raise type(exc)(f"the extended header at byte {start}: {exc}") from None
 
     def _member(
         self,
@@ -1052,7 +1253,7 @@ class TarReader:
         if typeflag in EXTENDED_TYPES:
             return None
         if typeflag in REFUSED_TYPES:
-            raise ArchiveError(f"it is {REFUSED_TYPES[typeflag]}, which is refused")
+            raise UnsupportedArchive(f"it is {REFUSED_TYPES[typeflag]}, which is refused")
         kind = MEMBER_KINDS.get(typeflag)
         if typeflag == GNU_VOLUME_LABEL:
             kind = "label"
@@ -1061,6 +1262,8 @@ class TarReader:
                 raise ArchiveError(f"its type {typeflag!r} is not a tar member type")
             kind = "unknown"  # POSIX: extract as a regular file
         name = _decoded_name(pax.get(b"path", long_name or raw_name), "name")
+        if kind == "file" and name.endswith("/"):
+            kind = "dir"  # an old-style directory (v7 has no type for one), as tar reads it
         link = ""
         if block[157] or long_link is not None or b"linkpath" in pax:
             link = _decoded_name(
@@ -1109,14 +1312,24 @@ def _bad_data(explain: Callable[[BaseException], PackagingError]) -> Iterator[No
         raise explain(exc) from None
 
 
+# xz is bounded in memory (xz -9 needs 65 MiB, for its 64 MiB dictionary), and its
+# stream must carry a check that xz verifies: none, or an unknown one, is refused.
+XZ_MEMORY_LIMIT = 128 << 20
+XZ_CHECKS = (lzma.CHECK_CRC32, lzma.CHECK_CRC64, lzma.CHECK_SHA256)
+
+
 def _gzip_decompressor() -> Any:
     return zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+
+def _xz_decompressor() -> Any:
+    return lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
 
 
 DECOMPRESSORS: Dict[str, Callable[[], Any]] = {
     "gzip": _gzip_decompressor,
     "bzip2": bz2.BZ2Decompressor,
-    "xz": lzma.LZMADecompressor,
+    "xz": _xz_decompressor,
 }
 
 
@@ -1124,10 +1337,12 @@ class _Decoder:
     """Decodes gzip, bzip2 or xz from raw: read(size) returns bytes, b"" only at a verified end.
 
     The decompressors check each stream's own checksums (CRC-32 and length,
-    bzip2's and xz's). The package must be exactly one gzip member with
-    nothing after it (many=False); an input archive may be several streams
-    with zero padding after them, as gzip -d, bzip2 -d and xz -d accept. Any
-    other bytes after a stream are an error, whatever the compression.
+    bzip2's and xz's; an xz stream without one is refused). The package must
+    be exactly one gzip member with nothing after it (many=False); an input
+    archive may be several streams with zero padding after them, as gzip -d,
+    bzip2 -d and xz -d accept, and xz streams may have padding between them
+    (in blocks of 4 bytes, as xz's format says). Any other bytes after a
+    stream are an error, whatever the compression.
     """
 
     def __init__(
@@ -1143,6 +1358,8 @@ class _Decoder:
         self._many = many
         self._progress = progress
         self._decompressor = self._new()
+        self._is_xz = compression == "xz"
+        self._check_known = not self._is_xz  # an xz stream's check, once its header is read
         self._input = b""
         self._decoded = 0
 
@@ -1159,31 +1376,56 @@ class _Decoder:
                 if not data:
                     raise EOFError("the compressed stream ends early")
             self._input = b""
-            out: bytes = self._decompressor.decompress(data, size)
+            try:
+                out: bytes = self._decompressor.decompress(data, size)
+            except lzma.LZMAError as exc:
+                if "Memory usage limit" not in str(exc):
+                    raise
+                raise UnsupportedArchive(
+                    f"its xz stream needs more than {XZ_MEMORY_LIMIT >> 20} MiB of memory to "
+                    "decode (a larger dictionary than xz -9's); recompress it with xz -9 or less"
+                ) from None
+            if not self._check_known:
+                self._check_xz_check()
             if out:
                 self._decoded += len(out)
                 if self._progress is not None:
                     self._progress.update(self._decoded)
                 return out
 
+    def _check_xz_check(self) -> None:
+        """Refuse an xz stream whose check xz cannot verify (none, or a reserved ID)."""
+        check = self._decompressor.check
+        if check == lzma.CHECK_UNKNOWN:
+            return  # the stream header is not decoded yet
+        if check not in XZ_CHECKS:
+            raise UnsupportedArchive(
+                f"its xz stream has check ID {check}, not CRC-32, CRC-64 or SHA-256, so its "
+                "integrity cannot be verified; compress it with xz's default check"
+            )
+        self._check_known = True
+
     def _next_stream(self) -> bool:
         """After a stream: start the next one and return True, or check the end and return False."""
         rest = self._decompressor.unused_data
-        while len(rest) < len(self._magic):
-            more = self._read_raw()
+        padding = 0
+        while True:
+            if self._many:  # zeros: padding after a stream, or at the end
+                unpadded = rest.lstrip(b"\0")
+                padding += len(rest) - len(unpadded)
+                rest = unpadded
+            more = self._read_raw() if len(rest) < len(self._magic) else b""
             if not more:
                 break
             rest += more
         if not rest:
             return False
-        if self._many and rest.startswith(self._magic):
+        between = self._is_xz and padding % 4 == 0  # only xz has padding between streams
+        if self._many and rest.startswith(self._magic) and (not padding or between):
             self._decompressor = self._new()
+            self._check_known = not self._is_xz
             self._input = rest
             return True
-        while self._many and not rest.strip(b"\0"):
-            rest = self._read_raw()
-            if not rest:
-                return False
         raise ArchiveError("data follows the compressed stream")
 
 
@@ -1207,10 +1449,10 @@ def _is_tar_header(block: bytes) -> bool:
         return False
     block = block[:BLOCK_SIZE] if len(block) > BLOCK_SIZE else block
     field = block[148:156]
-    try:
-        stored = int(field.strip(b" \0") or b"-", 8)
-    except ValueError:
+    digits = _c_string(field).strip(b" ")
+    if not digits or digits.strip(b"01234567"):  # as every numeric field: octal digits only
         return False
+    stored = int(digits, 8)
     unsigned = _byte_sum(block) - sum(field) + _BLANK_CHECKSUM_SUM
     if stored == unsigned:
         return True
@@ -1258,9 +1500,15 @@ def _first_decoded_block_if_whole(raw: IO[bytes]) -> bytes:
     return first
 
 
-def check_is_tar(archive: Path) -> None:
-    """Refuse a model archive that is not tar, plain or compressed, saying what it is instead."""
-    with _os_errors("reading the model archive", archive), open(archive, "rb") as raw:
+def check_is_tar(archive: Path) -> int:
+    """Refuse a model archive that is not tar, plain or compressed, saying what it is instead.
+
+    Returns the archive's stamp: extraction must find the file unchanged.
+    """
+    with _os_errors("reading the model archive", archive):
+        fd = _open_regular(os.fspath(archive), None)
+    with _os_errors("reading the model archive", archive), open(fd, "rb") as raw:
+        stamp = _stamp(os.fstat(fd))
         head = raw.read(BLOCK_SIZE)
         raw.seek(0)
         compression = _compression(head)
@@ -1272,7 +1520,7 @@ def check_is_tar(archive: Path) -> None:
             "model.tar.gz was written and uploaded in full"
         )
     if _is_tar_header(first) or (len(first) == BLOCK_SIZE and not first.strip(b"\0")):
-        return
+        return stamp
     what = next((name for magic, name in OTHER_FORMATS if head.startswith(magic)), None)
     if compression is not None:
         what = f"{compression}-compressed, but what it holds is not a tar archive (one file?)"
@@ -1341,18 +1589,41 @@ def _mtime(value: float) -> int:
 
 
 class _Node:
-    """A name in the extracted tree: its kind, children and mtime (a dir), size (a file).
+    """A name in the extracted tree: its kind, children and mtime (a dir), size (a file),
+    target (a symlink).
 
     Kind "excluded" marks a directory the excludes leave out, with all below it.
     """
 
-    __slots__ = ("children", "kind", "mtime", "size")
+    __slots__ = ("children", "kind", "link", "mtime", "size")
 
-    def __init__(self, kind: str, size: int = 0, mtime: int = 0) -> None:
+    def __init__(self, kind: str, size: int = 0, mtime: int = 0, link: str = "") -> None:
         self.kind = kind
         self.size = size
         self.mtime = mtime
+        self.link = link
         self.children: Dict[str, _Node] = {}
+
+
+class Extracted(NamedTuple):
+    """What extraction wrote: bytes of regular files, and bytes that hard links copy."""
+
+    size: int
+    linked: int
+
+
+class _Linked(NamedTuple):
+    """What a hard link in the archive copies: the file at path, of size bytes."""
+
+    path: str
+    size: int
+
+
+def _points_outside(member: str, path: str) -> PackagingError:
+    return PackagingError(
+        f"archive member {member!r} points outside the archive ({path!r} climbs out "
+        "through '..'); the archive is unsafe"
+    )
 
 
 class _Extractor:
@@ -1360,33 +1631,39 @@ class _Extractor:
 
     Nothing on disk is a symlink while members are written, so a member can
     only land where its checked name says. A name that goes through an earlier
-    symlink, or through a file, is refused. Names are looked up in a tree of
-    what the archive made, so each check costs time linear in the name.
+    symlink, or through a file, is refused. A symlink's target is resolved
+    through the symlinks made before it, as the kernel would resolve it on the
+    tree as it stands, and again through all of them once the archive is read;
+    one that leaves the tree is refused wherever it is. Names are looked up in
+    a tree of what the archive made, so each check costs time linear in the name.
+
+    Files the excludes leave out are kept aside in held (not in the package),
+    so that a hard link to one still gets its bytes, as with tar -x.
     """
 
-    def __init__(self, dest: Path, excludes: Optional[Excludes] = None) -> None:
+    def __init__(self, dest: Path, excludes: Optional[Excludes], held: Path) -> None:
         self.dest = dest
         self._dest = os.fspath(dest)  # paths stay strings: this runs once per member
         self.excludes = excludes
+        self.held = held
+        self._held: Dict[str, Tuple[str, int]] = {}  # excluded file name: (held path, size)
         self.root = _Node("dir")
         self.symlinks: Dict[str, str] = {}
         self.size = 0  # bytes of regular files
         self.linked = 0  # bytes that hard links will copy once the tree is staged
         self.data_filter = getattr(tarfile, "data_filter", None)
 
-    def _walk(
-        self, start: List[str], path: str, member: str, strict: bool = True
-    ) -> Tuple[List[str], Optional[_Node]]:
-        """Apply path to the parts in start; refuse escapes (and, if strict, links on the way).
+    def _walk(self, path: str, member: str) -> Tuple[List[str], Optional[_Node]]:
+        """The parts of a name in the archive; refuse escapes, and links or files on the way.
 
-        Returns the resulting parts and the node already at that name, if any.
+        Returns the parts and the node already at that name, if any.
         """
         if path.startswith("/"):
             raise PackagingError(
                 f"archive member {member!r} has an absolute path ({path!r}); the archive is unsafe"
             )
-        parts = list(start)
-        nodes = self._nodes(start)
+        parts: List[str] = []
+        nodes: List[Optional[_Node]] = [self.root]
         pieces = [piece for piece in path.split("/") if piece not in ("", ".")]
         for index, piece in enumerate(pieces):
             if len(piece.encode("utf-8")) > MAX_NAME_BYTES:
@@ -1395,10 +1672,7 @@ class _Extractor:
                 )
             if piece == "..":
                 if not parts:
-                    raise PackagingError(
-                        f"archive member {member!r} points outside the archive "
-                        f"({path!r} climbs out through '..'); the archive is unsafe"
-                    )
+                    raise _points_outside(member, path)
                 parts.pop()
                 nodes.pop()
                 continue
@@ -1407,7 +1681,7 @@ class _Extractor:
             parts.append(piece)
             nodes.append(node)
             kind = node.kind if node is not None else None
-            if strict and index < len(pieces) - 1 and kind in ("symlink", "file"):
+            if index < len(pieces) - 1 and kind in ("symlink", "file"):
                 raise PackagingError(
                     f"archive member {member!r} goes through {'/'.join(parts)!r}, which is a "
                     f"{kind}; writing through links or files is refused"
@@ -1424,13 +1698,16 @@ class _Extractor:
 
     def add(self, reader: TarReader, member: TarMember) -> None:
         kind, link = self._kind(member), member.linkname
-        parts, existing = self._walk([], member.name, member.name)
+        parts, existing = self._walk(member.name, member.name)
         if not parts:
             if kind == "dir":
                 return
             raise PackagingError(f"archive member {member.name!r} has an empty name")
-        if self._excluded(parts, kind == "dir"):
-            return  # its data is skipped by the reader, and still checked
+        # A symlink named like an excluded directory (".git") is left out as one.
+        if self._excluded(parts, kind in ("dir", "symlink")):
+            if kind == "file":
+                self._hold(reader, member, parts)
+            return  # any other data is skipped by the reader, and still checked
         if kind == "hardlink":
             kind, link, target = self._hard_link_target(member, parts)
         elif kind == "symlink":
@@ -1451,16 +1728,24 @@ class _Extractor:
             return
         if kind == "symlink":
             self.symlinks[name] = link
-            parent.children[parts[-1]] = _Node("symlink")
+            parent.children[parts[-1]] = _Node("symlink", link=link)
             return
         if kind == "hardlink":
-            os.link(os.path.join(self._dest, *target[0]), path)
-            self.linked += target[1].size
-            size = target[1].size
+            os.link(target.path, path)
+            self.linked += target.size
+            size = target.size
         else:
             self._write_file(reader, member, path, mtime)
             size = member.size
         parent.children[parts[-1]] = _Node("file", size)
+
+    def _hold(self, reader: TarReader, member: TarMember, parts: List[str]) -> None:
+        """Keep an excluded file's bytes aside, where only a hard link to it can reach them."""
+        if not self._held:
+            os.mkdir(self.held)
+        path = os.path.join(self.held, str(len(self._held)))
+        self._write_file(reader, member, path, 0)
+        self._held["/".join(parts)] = (path, member.size)
 
     def _kind(self, member: TarMember) -> str:
         """What the member is; devices and FIFOs are refused, unknown types become files."""
@@ -1489,29 +1774,67 @@ class _Extractor:
     def _check_symlink(self, member: str, target: str, parts: List[str]) -> None:
         """A symlink's target must stay inside the archive, seen from where the link is."""
         self._check_target(member, target)
-        self._walk(parts[:-1], target, member, strict=False)
+        self._resolve(parts[:-1], target, member)
 
-    def _hard_link_target(
-        self, member: TarMember, parts: List[str]
-    ) -> Tuple[str, str, Tuple[List[str], _Node]]:
-        """(kind, symlink target, (target parts, target node)) for a hard link.
+    def _resolve(self, start: List[str], target: str, member: str) -> None:
+        """Follow target from the directory start through the tree's symlinks; refuse an escape.
 
-        A hard link to a file is a second name for it. A hard link to a symlink
-        is that symlink again (as link(2) makes it), so it becomes a symlink
-        with the same target, checked from its own place.
+        As the kernel resolves a path: a symlink on the way gives way to its
+        own target, read from the symlink's directory, and ".." then goes up
+        from where that led. A name the archive has not made is taken as it
+        reads. Bounded: at most MAX_SYMLINK_HOPS links and MAX_PATH_BYTES steps.
+        """
+        parts = list(start)
+        nodes = self._nodes(start)
+        pending = target.split("/")[::-1]  # a stack: the next piece last
+        hops = steps = 0
+        while pending:
+            piece = pending.pop()
+            steps += 1
+            if piece in ("", "."):
+                continue
+            if piece == "..":
+                if not parts:
+                    raise _points_outside(member, target)
+                parts.pop()
+                nodes.pop()
+                continue
+            parent = nodes[-1]
+            node = parent.children.get(piece) if parent is not None else None
+            if node is not None and node.kind == "symlink":
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS or steps > MAX_PATH_BYTES:
+                    raise PackagingError(
+                        f"archive member {member!r} links to {target!r}, which goes through "
+                        f"more than {MAX_SYMLINK_HOPS} symlinks or loops; the archive is unsafe"
+                    )
+                pending += node.link.split("/")[::-1]
+                continue
+            parts.append(piece)
+            nodes.append(node)
+
+    def _hard_link_target(self, member: TarMember, parts: List[str]) -> Tuple[str, str, _Linked]:
+        """(kind, symlink target, what it links to) for a hard link.
+
+        A hard link to a file is a second name for it; to a file the excludes
+        left out, a name for its held bytes. A hard link to a symlink is that
+        symlink again (as link(2) makes it), so it becomes a symlink with the
+        same target, checked from its own place.
         """
         self._check_target(member.name, member.linkname)
-        target_parts, node = self._walk([], member.linkname, member.name)
+        target_parts, node = self._walk(member.linkname, member.name)
+        target_name = "/".join(target_parts)
         if node is not None and node.kind == "symlink" and target_parts != parts:
-            target = self.symlinks["/".join(target_parts)]
-            self._check_symlink(member.name, target, parts)
-            return "symlink", target, (target_parts, node)
-        if node is None or node.kind != "file" or target_parts == parts:
-            raise PackagingError(
-                f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
-                "which is not a file extracted before it"
-            )
-        return "hardlink", "", (target_parts, node)
+            self._check_symlink(member.name, node.link, parts)
+            return "symlink", node.link, _Linked("", 0)
+        if node is not None and node.kind == "file" and target_parts != parts:
+            return "hardlink", "", _Linked(os.path.join(self._dest, target_name), node.size)
+        if node is None and target_name in self._held:
+            return "hardlink", "", _Linked(*self._held[target_name])
+        raise PackagingError(
+            f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
+            "which is not a file extracted before it"
+        )
 
     def _apply_data_filter(self, member: TarMember, kind: str, link: str) -> None:
         """tarfile's data filter, where this Python has it: a second net under the link checks.
@@ -1523,10 +1846,9 @@ class _Extractor:
         if self.data_filter is None or kind not in ("symlink", "hardlink"):
             return
         info = tarfile.TarInfo(member.name)
-        info.type = TAR_TYPES[kind]
+        info.type = LINK_TYPES[kind]
         info.linkname = link if kind == "symlink" else member.linkname
         info.mode = member.mode
-        info.size = member.size if kind == "file" else 0
         try:
             self.data_filter(info, str(self.dest))
         except tarfile.FilterError as exc:
@@ -1599,15 +1921,10 @@ class _Extractor:
             os.close(fd)
         self.size += member.size
 
-    def finish(self, archive: Path) -> None:
-        """Check what hard links multiply, create the deferred symlinks, set directory mtimes."""
-        allowed = LINK_EXPANSION_LIMIT * self.size + LINK_EXPANSION_ALLOWANCE
-        if self.linked > allowed:
-            raise PackagingError(
-                f"hard links in the model archive {archive} would copy {_human(self.linked)} "
-                f"from {_human(self.size)} of files, more than {LINK_EXPANSION_LIMIT}-fold; "
-                "store the files once, without hard links"
-            )
+    def finish(self) -> None:
+        """Check every symlink on the finished tree, create them, set directory mtimes."""
+        for name, target in self.symlinks.items():
+            self._resolve(name.split("/")[:-1], target, name)
         for name, target in self.symlinks.items():
             os.symlink(target, self.dest / name)
         directories = [(self.dest, self.root)]
@@ -1619,27 +1936,35 @@ class _Extractor:
                     directories.append((path / name, child))
 
 
-def extract_archive(archive: Path, dest: Path, excludes: Optional[Excludes] = None) -> int:
-    """Extract the untrusted model archive into the empty directory dest; return its file bytes.
+def extract_archive(
+    archive: Path, stamp: int, dest: Path, excludes: Optional[Excludes], held: Path
+) -> Extracted:
+    """Extract the untrusted model archive into the empty directory dest.
 
-    The archive is read once, start to end: its integrity checks (gzip CRC-32
-    and length, bzip2 and xz checks) run on every byte, those after the tar
-    end marker included.
+    The archive must have stamp (as check_is_tar found it) before and after
+    it is read. It is read once, start to end: its integrity checks (gzip
+    CRC-32 and length, bzip2 and xz checks) run on every byte, those after the
+    tar end marker included. Excluded files go to held (see _Extractor).
     """
-    extractor = _Extractor(dest, excludes)
-    progress = _Progress("extract", archive.stat().st_size)
+    extractor = _Extractor(dest, excludes, held)
     corrupt = _bad_data(functools.partial(_corrupt, archive))
-    with open(archive, "rb", buffering=0) as raw, corrupt, _ReadAhead(_decompressed(raw)) as stream:
+    fd = _open_regular(os.fspath(archive), stamp)
+    with open(fd, "rb", buffering=0) as raw, corrupt, _ReadAhead(_decompressed(raw)) as stream:
+        progress = _Progress("extract", os.fstat(fd).st_size)
         reader = TarReader(stream)
         for member in reader.members():
             _check_stop()
             extractor.add(reader, member)
             progress.update(raw.tell())
-    extractor.finish(archive)
-    return extractor.size
+        _check_unchanged(fd, os.fspath(archive), stamp)
+    extractor.finish()
+    return Extracted(extractor.size, extractor.linked)
 
 
 def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
+    """The message for a model archive that cannot be read: refused, or corrupt."""
+    if isinstance(exc, UnsupportedArchive):
+        return PackagingError(f"model archive {archive} holds what is refused: {exc}")
     what = str(exc) if isinstance(exc, ArchiveError) else f"{type(exc).__name__}: {exc}"
     return PackagingError(
         f"model archive {archive} is corrupt or truncated ({what}); upload it again or rebuild it"
@@ -1657,7 +1982,10 @@ def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
 
 
 class Member(NamedTuple):
-    """One package member and the real path it is read from (a tuple: there may be millions)."""
+    """One package member and the real path it is read from (a tuple: there may be millions).
+
+    stamp is a file's identity and version when it was planned (see _stamp); 0 for a directory.
+    """
 
     name: str
     path: str
@@ -1665,6 +1993,7 @@ class Member(NamedTuple):
     size: int
     mode: int
     mtime: int
+    stamp: int
 
 
 class Normalized:
@@ -1687,74 +2016,131 @@ class Normalized:
             if self._clamp is not None:
                 mtime = min(mtime, self._clamp)
         mode = 0o755 if is_dir or info.st_mode & 0o111 else 0o644
-        return Member(name, path, is_dir, 0 if is_dir else info.st_size, mode, mtime)
+        if is_dir:
+            return Member(name, path, True, 0, mode, mtime, 0)
+        return Member(name, path, False, info.st_size, mode, mtime, _stamp(info))
 
 
 _BY_NAME = operator.attrgetter("name")
 
 
+class _CopyBudget:
+    """What links copy into the package, bounded: one budget in bytes, and one in entries.
+
+    A symlink is packaged as what it points to, and a hard link as a second
+    copy of its file: a small input of many links could otherwise plan an
+    enormous package. The bytes copied through symlinks and hard links may be
+    at most LINK_EXPANSION_LIMIT times the input's own file bytes, plus
+    LINK_EXPANSION_ALLOWANCE; the entries staged at most EXPANSION_LIMIT times
+    the input's entries, plus EXPANSION_ALLOWANCE (nested directory links
+    multiply empty files too). The input is measured only once a link turns up.
+    """
+
+    def __init__(self, root: Path, own_bytes: Optional[int] = None, copied: int = 0) -> None:
+        self._root = root
+        self._own_bytes = own_bytes
+        self._entries: Optional[int] = None
+        self.copied = 0
+        self.add(copied)
+
+    def _measure(self) -> None:
+        entries = own_bytes = 0
+        for _, info in _walk_tree(self._root):
+            entries += 1
+            own_bytes += info.st_size if stat.S_ISREG(info.st_mode) else 0
+        self._entries = entries
+        if self._own_bytes is None:
+            self._own_bytes = own_bytes
+
+    def add(self, size: int) -> None:
+        """Count size bytes copied through a link; refuse them over the budget."""
+        if not size:
+            return
+        self.copied += size
+        if self._own_bytes is None:
+            self._measure()
+        own = self._own_bytes or 0
+        if self.copied > LINK_EXPANSION_LIMIT * own + LINK_EXPANSION_ALLOWANCE:
+            raise PackagingError(
+                f"symlinks and hard links in {self._root} would copy {_human(self.copied)} "
+                f"from {_human(own)} of files, more than {LINK_EXPANSION_LIMIT}-fold; store the "
+                "files once, not through links"
+            )
+
+    def check_entries(self, staged: int) -> None:
+        """Refuse a tree that directory symlinks have multiplied beyond the entry budget."""
+        if self._entries is None:
+            self._measure()
+        if staged > EXPANSION_LIMIT * (self._entries or 0) + EXPANSION_ALLOWANCE:
+            raise PackagingError(
+                f"symlinks to directories in {self._root} expand it more than "
+                f"{EXPANSION_LIMIT}-fold; replace nested directory links by real directories"
+            )
+
+
 def stage_tree(
     root: Path,
-    member: Callable[[str, str, os.stat_result], Member],
+    make_member: Callable[[str, str, os.stat_result], Member],
     prefix: str = "",
     skip: Collection[str] = (),
     excludes: Optional[Excludes] = None,
+    budget: Optional[_CopyBudget] = None,
 ) -> List[Member]:
     """The members for everything under root, named prefix + their path below it (unsorted).
 
     Symlinks inside root are replaced by what they point to; one that leaves
-    root, dangles or loops fails the job, and so do links to directories that
-    multiply the tree beyond EXPANSION_LIMIT (a 1 KB archive of nested
-    directory links could otherwise stage millions of entries). Top-level
-    names in skip, and paths the excludes match, are left out. Inputs are
-    only read, never modified.
+    root, dangles or loops fails the job, and so does a tree whose links copy
+    more than the budget allows (a 1 KB archive of nested directory links
+    could otherwise stage millions of entries). Directories are opened through
+    a _DirectoryChain, so none is followed through a symlink swapped in. Top-level
+    names in skip, and paths the excludes match, are left out (a symlink
+    named like an excluded directory too). Inputs are only read, never modified.
     """
     root = root.resolve()
-    budget: Optional[int] = None  # set when the first symlink to a directory turns up
+    budget = _CopyBudget(root) if budget is None else budget
     members: List[Member] = []
     top = os.stat(root)
     ancestry: Tuple[Tuple[int, int], ...] = ((top.st_dev, top.st_ino),)  # of the dir walked
-    stack = [(os.fspath(root), prefix, ancestry)]
-    while stack:
-        source_dir, name_prefix, ancestors = stack.pop()
-        with os.scandir(source_dir) as listing:
+    stack = [(os.fspath(root), prefix, ancestry, False)]  # ..., whether reached through a link
+    with _DirectoryChain() as directories:
+        while stack:
+            source_dir, name_prefix, ancestors, linked = stack.pop()
             # Sorted, so that the first fault found is the same on every filesystem.
-            entries = sorted(listing, key=_BY_NAME)
-        for entry in entries:
-            _check_stop()
-            path = entry.path
-            if name_prefix == prefix and entry.name in skip:
-                continue
-            name = name_prefix + entry.name
-            is_link = entry.is_symlink()
-            is_dir = os.path.isdir(path) if is_link else entry.is_dir(follow_symlinks=False)
-            if excludes is not None and excludes.leaves_out(name[len(prefix) :], is_dir, prefix):
-                continue
-            _check_name(entry.name, path)
-            real, info = path, entry.stat(follow_symlinks=False)
-            if is_link:
-                real = os.fspath(_resolve_inside(Path(path), root))
-                info = os.lstat(real)
-            if stat.S_ISDIR(info.st_mode):
-                key = (info.st_dev, info.st_ino)
-                if key in ancestors:
+            for entry_name, info in directories.listing(source_dir, ancestors[-1]):
+                _check_stop()
+                path = source_dir + "/" + entry_name
+                if name_prefix == prefix and entry_name in skip:
+                    continue
+                name = name_prefix + entry_name
+                is_link = stat.S_ISLNK(info.st_mode)
+                is_dir = is_link or stat.S_ISDIR(info.st_mode)
+                if excludes is not None and excludes.leaves_out(
+                    name[len(prefix) :], is_dir, prefix
+                ):
+                    continue
+                _check_name(entry_name, path)
+                real = path
+                if is_link:
+                    real = os.fspath(_resolve_inside(Path(path), root))
+                    info = os.lstat(real)
+                if stat.S_ISDIR(info.st_mode):
+                    key = (info.st_dev, info.st_ino)
+                    if key in ancestors:
+                        raise PackagingError(
+                            f"symlink {path} loops back to {real}, a directory that holds it; "
+                            "fix it"
+                        )
+                    stack.append((real, name + "/", (*ancestors, key), linked or is_link))
+                elif not stat.S_ISREG(info.st_mode):
                     raise PackagingError(
-                        f"symlink {path} loops back to {real}, a directory that holds it; fix it"
+                        f"{path} is not a regular file, directory or symlink; remove it from the "
+                        "input"
                     )
-                if is_link and budget is None:
-                    entries_in_root = sum(1 for _ in _walk_tree(root))
-                    budget = EXPANSION_LIMIT * entries_in_root + EXPANSION_ALLOWANCE
-                stack.append((real, name + "/", (*ancestors, key)))
-            elif not stat.S_ISREG(info.st_mode):
-                raise PackagingError(
-                    f"{path} is not a regular file, directory or symlink; remove it from the input"
-                )
-            members.append(member(name, real, info))
-            if budget is not None and len(members) > budget:
-                raise PackagingError(
-                    f"symlinks to directories in {root} expand it more than "
-                    f"{EXPANSION_LIMIT}-fold; replace nested directory links by real directories"
-                )
+                elif linked or is_link:
+                    budget.add(info.st_size)
+                members.append(make_member(name, real, info))
+                if linked:
+                    budget.check_entries(len(members))
     return members
 
 
@@ -2106,50 +2492,20 @@ def _cgroup_cpu_quota() -> Optional[float]:
 Inspector = Callable[[Member, bytes], None]
 
 
-# A planned file is opened without following a symlink, and without blocking on a FIFO:
-# whatever replaced it since staging is refused, not read.
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-
-
-def _changed(member: Member, what: str) -> PackagingError:
-    return PackagingError(
-        f"{member.path} {what}; make sure nothing writes to the inputs during the job"
-    )
-
-
-def _open_planned(member: Member) -> Tuple[int, os.stat_result]:
-    """Open a planned file again, and fstat it: it must still be a regular file."""
-    try:
-        fd = os.open(member.path, _OPEN_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
-        raise _changed(member, "was removed while being packaged") from None
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise _changed(member, "was replaced by a symlink while being packaged") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _changed(member, "was replaced by a non-file while being packaged")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, info
-
-
-def _read_block(fd: int, member: Member, info: os.stat_result, copied: int) -> Tuple[bytes, bool]:
+def _read_block(fd: int, member: Member, copied: int) -> Tuple[bytes, bool]:
     """The file's next block, of at most IO_BLOCK_SIZE bytes, and whether it ends the file.
 
     Each read asks for one byte more than is left, so a file that grew is
-    seen. A short read at the planned size, which fstat also gives, is the
-    end of a regular file (one reads short nowhere else), so a small file
-    takes one read, not two.
+    seen. A short read at the planned size (which the file had when opened)
+    is the end of a regular file (one reads short nowhere else), so a small
+    file takes one read, not two.
     """
     wanted = min(IO_BLOCK_SIZE, member.size + 1 - copied)
     block = os.read(fd, wanted)
     copied += len(block)
-    at_planned_end = copied == member.size == info.st_size and len(block) < wanted
-    return block, not block or copied > member.size or at_planned_end
+    return block, not block or copied > member.size or (
+        copied == member.size and len(block) < wanted
+    )
 
 
 def _write_file(
@@ -2158,34 +2514,38 @@ def _write_file(
     sink: GzipWriter,
     progress: _Progress,
     inspect: Optional[Inspector],
+    directories: _DirectoryChain,
 ) -> int:
     """Write a file's header, bytes and padding into sink; return its CRC-32.
 
-    inspect, if given, sees the bytes of a file that comes in one block. A
-    file that changed size is refused (what was written of it is then
-    discarded with the package).
+    The file is opened through directories, as it was planned (see _stamp),
+    and must be so still once read. inspect, if given, sees the bytes of a
+    file that comes in one block. A file that changed is refused (what was
+    written of it is then discarded with the package).
     """
-    fd, info = _open_planned(member)
+    fd = directories.open_file(member.path, member.stamp)
     try:
-        block, ended = _read_block(fd, member, info, 0)
+        block, ended = _read_block(fd, member, 0)
         copied, crc = len(block), zlib.crc32(block)
         if copied == member.size and inspect is not None:
             inspect(member, block)
         sink.write(header)
         sink.write(block)
+        progress.advance(copied)
         while not ended:
             _check_stop()
-            block, ended = _read_block(fd, member, info, copied)
+            block, ended = _read_block(fd, member, copied)
             crc = zlib.crc32(block, crc)
             sink.write(block)
             copied += len(block)
-            progress.update(sink.size)
+            progress.advance(len(block))
+        if copied != member.size:
+            raise _changed(
+                member.path, f"size while being packaged ({member.size} -> {copied} bytes)"
+            )
+        _check_unchanged(fd, member.path, member.stamp)
     finally:
         os.close(fd)
-    if copied != member.size:
-        raise _changed(
-            member, f"changed size while being packaged ({member.size} -> {copied} bytes)"
-        )
     sink.write(_padding(copied))
     return crc
 
@@ -2216,7 +2576,7 @@ class Written(Sequence[Record]):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:  # counted from the last member written, not the last planned
             index = range(len(self))[index]
-        name, _, is_dir, size, mode, mtime = self.members[index]
+        name, _, is_dir, size, mode, mtime, _ = self.members[index]
         kind = DIRECTORY_TYPE if is_dir else REGULAR_TYPE
         return Record(name, kind, size, mode, mtime, self.crcs[index])
 
@@ -2233,20 +2593,19 @@ def write_tar(
     Each member is added to written (a new one if none) as soon as it is
     written, so that a reader can check it while writing goes on.
     """
-    total = sum(member.size for member in members)
-    progress = _Progress("compress", total)
+    progress = _Progress("compress", sum(member.size for member in members))
     written = Written(members) if written is None else written
-    for member in members:
-        _check_stop()
-        name, _, is_dir, size, mode, mtime = member
-        header = member_header(name, is_dir, size, mode, mtime)
-        crc = 0
-        if is_dir:
-            sink.write(header)
-        else:
-            crc = _write_file(member, header, sink, progress, inspect)
-            progress.update(sink.size)
-        written.crcs.append(crc)
+    with _DirectoryChain() as directories:
+        for member in members:
+            _check_stop()
+            name, _, is_dir, size, mode, mtime, _ = member
+            header = member_header(name, is_dir, size, mode, mtime)
+            crc = 0
+            if is_dir:
+                sink.write(header)
+            else:
+                crc = _write_file(member, header, sink, progress, inspect, directories)
+            written.crcs.append(crc)
     sink.write(2 * ZERO_BLOCK)  # the end-of-archive marker
     sink.write(bytes(-sink.size % RECORD_SIZE))
     return written
@@ -2312,8 +2671,9 @@ class _Expected:
     reader has read the member; were it not, the check fails (safely).
     """
 
-    def __init__(self, records: Sequence[Record]) -> None:
+    def __init__(self, records: Sequence[Record], progress: Optional[_Progress] = None) -> None:
         self.records = records
+        self.progress = progress
         self.seen = 0
 
     def __call__(self, found: Record) -> None:
@@ -2324,6 +2684,8 @@ class _Expected:
         if found != want:
             raise _Mismatch(f"{found.name!r}: wrote {want}, read {found}")
         self.seen += 1
+        if self.progress is not None:
+            self.progress.advance(found.size)
 
     def check_all_seen(self) -> None:
         if self.seen != len(self.records):
@@ -2443,9 +2805,8 @@ class _PieceStream(_ContextManager):
     the file has been checked; sha256 is then the file's.
     """
 
-    def __init__(self, back: "_ReadBack", threads: int, progress: _Progress) -> None:
+    def __init__(self, back: "_ReadBack", threads: int) -> None:
         self._back = back
-        self._progress = progress
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="inflate")
         self._max_in_flight = 2 * threads
         self._in_flight: Deque[Tuple[_Piece, Future[Tuple[bytes, bytes]]]] = deque()
@@ -2491,7 +2852,6 @@ class _PieceStream(_ContextManager):
         self._tail = decoded[-WINDOW_SIZE:]
         self._crc = crc32_combine(self._crc, piece.crc32, piece.length)
         self._length += piece.length
-        self._progress.update(self._length)
         self._buffer = decoded
 
     def _check_end(self) -> None:
@@ -2528,7 +2888,7 @@ class _ReadBack(_ContextManager):
     def __init__(
         self, path: Path, progress: _Progress, expected: Sequence[Record], threads: int = 1
     ) -> None:
-        self._expected = _Expected(expected)
+        self._expected = _Expected(expected, progress)
         self._out = open(path, "wb")  # noqa: SIM115 - closed by __exit__
         self.fd = os.open(path, os.O_RDONLY)
         self._ready = threading.Condition()
@@ -2539,8 +2899,7 @@ class _ReadBack(_ContextManager):
         self._cancelled = False
         self._result: Optional[str] = None
         self._error: Optional[BaseException] = None
-        args = (threads, progress)
-        self._thread = threading.Thread(target=self._decode, args=args, name="read-back")
+        self._thread = threading.Thread(target=self._decode, args=(threads,), name="read-back")
         self._thread.start()
 
     def write(self, data: bytes) -> None:
@@ -2611,9 +2970,9 @@ class _ReadBack(_ContextManager):
             self._wait(lambda: False)
         return _pread_exactly(self.fd, len(FINAL_BLOCK) + 9, offset)
 
-    def _decode(self, threads: int, progress: _Progress) -> None:
+    def _decode(self, threads: int) -> None:
         try:
-            with _bad_data(_undecodable), _PieceStream(self, threads, progress) as stream:
+            with _bad_data(_undecodable), _PieceStream(self, threads) as stream:
                 _visit_members(stream, self._expected)
             self._result = stream.sha256.hexdigest()
         except _Cancelled:
@@ -2761,34 +3120,43 @@ def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
     """Warn that the model's own code/ or calibration/ gives way to the input for it."""
     replaced = model_root / name
     if os.path.lexists(replaced):
-        dropped = 1 if not replaced.is_dir() or replaced.is_symlink() else _count_files(replaced)
+        with _os_errors("counting the files it replaces", replaced):
+            dropped = (
+                1 if not replaced.is_dir() or replaced.is_symlink() else _count_files(replaced)
+            )
         log.warning(
             "the model's own %s/ (%d files) is dropped and replaced by %s", name, dropped, source
         )
 
 
 def _stage_inputs(
-    inputs: Inputs, staging: Path, excludes: Excludes, member: Normalized
+    inputs: Inputs, staging: Path, excludes: Excludes, make_member: Normalized
 ) -> List[Member]:
     """The package's members, sorted by name: the model at the root, code/ and calibration/."""
     archive = inputs.archive
+    model_root, done = inputs.model, None
     if archive is not None:
         log.info("model archive: %s (%s)", archive, _human(archive.stat().st_size))
-        extracted = staging / "extracted"
-        extracted.mkdir()
-        with _phase("extract") as phase, _os_errors("extracting the model archive", extracted):
-            phase.amount = _human(extract_archive(archive, extracted, excludes))
-        model_root = extracted
+        model_root = staging / "extracted"
+        model_root.mkdir()
+        with _phase("extract") as phase, _os_errors("extracting the model archive", model_root):
+            done = extract_archive(
+                archive, inputs.archive_stamp, model_root, excludes, staging / "excluded"
+            )
+            phase.amount = _human(done.size)
     else:
         log.info("model: loose files in %s", inputs.model)
-        model_root = inputs.model
     sources = {CODE_DIR: inputs.script, CALIBRATION_DIR: inputs.calibration}
     added = {name: source for name, source in sources.items() if source is not None}
     for name, source in added.items():
         _warn_replaced(model_root, name, source)
     with _phase("stage") as phase, _os_errors("staging the inputs", staging):
         try:
-            members = stage_tree(model_root, member, "", added, None if archive else excludes)
+            # What the archive's hard links copy counts against the budget of its symlinks.
+            budget = None if done is None else _CopyBudget(model_root.resolve(), *done)
+            members = stage_tree(
+                model_root, make_member, "", added, None if archive else excludes, budget
+            )
         except PackagingError as exc:
             if archive is None:
                 raise
@@ -2797,8 +3165,8 @@ def _stage_inputs(
                 str(exc).replace(str(model_root.resolve()), str(archive))
             ) from None
         for name, source in added.items():
-            members.append(member(name, os.fspath(source), os.stat(source)))
-            members += stage_tree(source, member, f"{name}/", (), excludes)
+            members.append(make_member(name, os.fspath(source), os.stat(source)))
+            members += stage_tree(source, make_member, f"{name}/", (), excludes)
         phase.amount = f"{sum(not m.is_dir for m in members)} files"
     excludes.warn()
     members.sort(key=_BY_NAME)

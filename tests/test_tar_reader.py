@@ -123,32 +123,43 @@ def test_a_zero_length_pax_record_mid_archive_is_an_error(job: Job) -> None:
 
 # Crashes: every malformed value ends in one clean ERROR.
 
-PAX_BAD = [
-    (b"mtime", b"nan"),
-    (b"mtime", b"1e400"),
-    (b"mtime", b""),
-    (b"atime", b"x"),
-    (b"size", b"-1"),
-    (b"size", b"12x"),
-    (b"uid", b"x"),
-    (b"gid", b"1.5"),
-    (b"GNU.sparse.map", b"0,1,x"),
-    (b"GNU.sparse.size", b"12"),
-    (b"path", b"a\x00b"),
-    (b"linkpath", b"a\x00b"),
-    (b"path", b"\xff\xfe"),
-    (b"path", b"a/" * 2100),
+NOT_A_NUMBER = "record is not a number"
+CORRUPT = "is corrupt or truncated"
+REFUSED = "holds what is refused"
+PAX_BAD = [  # keyword, value, what the message must say
+    (b"mtime", b"nan", NOT_A_NUMBER),
+    (b"mtime", b"1e400", NOT_A_NUMBER),
+    (b"mtime", b"", NOT_A_NUMBER),
+    (b"atime", b"x", NOT_A_NUMBER),
+    (b"size", b"-1", "its PAX size record is not a number"),
+    (b"uid", b"-1", "its PAX uid record is not a number"),
+    (b"gid", b"-1", "its PAX gid record is not a number"),
+    (b"size", b"12x", NOT_A_NUMBER),
+    (b"uid", b"x", NOT_A_NUMBER),
+    (b"gid", b"1.5", NOT_A_NUMBER),
+    (b"GNU.sparse.map", b"0,1,x", "sparse members are refused"),
+    (b"GNU.sparse.size", b"12", "sparse members are refused"),
+    (b"path", b"a\x00b", "its name holds a NUL byte"),
+    (b"linkpath", b"a\x00b", "its link target holds a NUL byte"),
+    (b"path", b"\xff\xfe", "is not valid UTF-8"),
+    (b"path", b"a/" * 2100, "over 4096 (PATH_MAX)"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("keyword", "value"), PAX_BAD, ids=[f"{k!r}={v[:8]!r}" for k, v in PAX_BAD]
+    ("keyword", "value", "needle"), PAX_BAD, ids=[f"{k!r}={v[:8]!r}" for k, v, _ in PAX_BAD]
 )
-def test_every_bad_pax_value_is_one_clean_error(job: Job, keyword: bytes, value: bytes) -> None:
+def test_every_bad_pax_value_is_one_clean_error(
+    job: Job, keyword: bytes, value: bytes, needle: str
+) -> None:
     entry = pax_entry(_pax_record(keyword, value)) + file_entry("model.bin", b"m")
     put(job, entry + EOF_MARKER)
-    with pytest.raises(mims_package.PackagingError, match=r"model archive .* corrupt"):
+    kind = REFUSED if needle in ("sparse members are refused", "is not valid UTF-8") else CORRUPT
+    if needle.startswith("over 4096"):
+        kind = REFUSED
+    with pytest.raises(mims_package.PackagingError, match=r"model archive .*") as caught:
         job.main()
+    assert kind in str(caught.value) and needle in str(caught.value), str(caught.value)
     assert not job.output.exists()
 
 
@@ -242,7 +253,9 @@ def test_hard_links_that_multiply_the_files_are_refused(job: Job) -> None:
         tar_member(f"copy{i}.bin", type=tarfile.LNKTYPE, linkname="weights.bin") for i in range(120)
     ]
     make_archive(job.model / "model.tar.gz", members)
-    refused(job, "hard links in the model archive", "would copy 125.8 MB from 1.0 MB", "10-fold")
+    refused(
+        job, "symlinks and hard links in", "model.tar.gz would copy 125.8 MB from 1.0 MB", "10-fold"
+    )
 
 
 def test_a_few_hard_links_are_fine(job: Job) -> None:

@@ -26,10 +26,19 @@ def write_package(path: Path, members: list[Member]) -> mims_package.Written:
 def members(tmp_path: Path) -> list[Member]:
     files = write_tree(tmp_path / "files", {"a.bin": b"alpha", "b.bin": b"bravo", "c": None})
     return [
-        Member("a.bin", files / "a.bin", False, 5, 0o644, 1_700_000_000),
-        Member("b.bin", files / "b.bin", False, 5, 0o755, 1_700_000_000),
-        Member("c", files / "c", True, 0, 0o755, 1_700_000_000),
+        Member(
+            "a.bin", str(files / "a.bin"), False, 5, 0o644, 1_700_000_000, stamp(files / "a.bin")
+        ),
+        Member(
+            "b.bin", str(files / "b.bin"), False, 5, 0o755, 1_700_000_000, stamp(files / "b.bin")
+        ),
+        Member("c", str(files / "c"), True, 0, 0o755, 1_700_000_000, 0),
     ]
+
+
+def stamp(path: Path) -> int:
+    """The stamp a file is planned with, as staging takes it."""
+    return mims_package._stamp(os.stat(path))
 
 
 def test_what_was_written_counts_only_the_members_written(members: list[Member]) -> None:
@@ -49,11 +58,11 @@ def different(member: Member, field: str, tmp_path: Path) -> Member:
     if field == "content":
         other = tmp_path / "other.bin"
         other.write_bytes(b"BRAVO")  # same size, other bytes
-        return member._replace(path=other)
+        return member._replace(path=str(other), stamp=stamp(other))
     if field == "type":  # an empty file where a directory was
         empty = tmp_path / "empty"
         empty.write_bytes(b"")
-        return member._replace(is_dir=False, path=empty, mode=0o755)
+        return member._replace(is_dir=False, path=str(empty), mode=0o755, stamp=stamp(empty))
     changes: dict[str, Any] = {
         "name": {"name": "z.bin"},
         "size": {"size": 4},
@@ -63,7 +72,7 @@ def different(member: Member, field: str, tmp_path: Path) -> Member:
     if field == "size":
         short = tmp_path / "short.bin"
         short.write_bytes(b"brav")
-        changes["path"] = short
+        changes.update(path=str(short), stamp=stamp(short))
     return member._replace(**changes)
 
 
@@ -172,11 +181,11 @@ def change_file(path: Path, change: str) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("grows", "changed size while being packaged"),
-        ("shrinks", "changed size while being packaged"),
-        ("removed", "was removed while being packaged"),
-        ("a symlink", "was replaced by a symlink while being packaged"),
-        ("a FIFO", "was replaced by a non-file while being packaged"),
+        ("grows", "changed since it was planned"),
+        ("shrinks", "changed since it was planned"),
+        ("removed", r"changed \(it was removed\) while being packaged"),
+        ("a symlink", r"changed \(it was replaced by a symlink\) while being packaged"),
+        ("a FIFO", r"changed \(it is no longer a regular file\) since it was planned"),
     ],
 )
 def test_a_file_that_changes_after_staging_is_refused(
@@ -217,7 +226,15 @@ def pieces(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], mims_
         {"a.bin": os.urandom(1 << 20), "b.txt": b"def f(x):\n    return x\n" * 50_000},
     )
     members = [
-        Member(name, os.fspath(files / name), False, (files / name).stat().st_size, 0o644, 0)
+        Member(
+            name,
+            os.fspath(files / name),
+            False,
+            (files / name).stat().st_size,
+            0o644,
+            0,
+            stamp(files / name),
+        )
         for name in ("a.bin", "b.txt")
     ]
     recorder = Pieces()
