@@ -85,6 +85,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import unicodedata
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -163,6 +164,9 @@ DEFAULT_EXCLUDES = (
 PORTABLE_MTIME = 946_684_800
 SECRET_SCAN_LIMIT = IO_BLOCK_SIZE  # larger files are not scanned; smaller come in one read
 SECRET_FILE_NAMES = (".env", ".netrc", ".pgpass", "id_rsa", "id_ed25519")
+# .env.* files hold secrets too (.env.local, .env.production), but for these examples,
+# which are screened by content like any other file.
+ENV_FILE_EXAMPLES = (".env.example", ".env.sample", ".env.template")
 
 OPTIONAL_ENV_VARS = {
     "SOURCE_DATE_EPOCH": "Unix time given to every member as its mtime (default: "
@@ -209,12 +213,19 @@ class PackagingError(Exception):
     """Packaging failed for a reason the user can act on; the text says what and what to do."""
 
 
-class _Stopped(BaseException):
-    """Raised in the main thread after SIGTERM or SIGINT, so that every cleanup runs."""
+class _Stopped(SystemExit):
+    """Raised in the main thread after SIGTERM or SIGINT, so that every cleanup runs.
+
+    A SystemExit whose code is 128 + the signal's number: a caller that does
+    not catch it exits as a shell reports a signal, with no traceback.
+    """
 
     def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(128 + signum)
         self.signum = signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
 
 
 class _StopRequest:
@@ -229,6 +240,7 @@ class _StopRequest:
     """
 
     signum: Optional[int] = None
+    watching = False  # whether a _stop_on_signals block has the handlers in place
 
 
 _STOP = _StopRequest()
@@ -249,9 +261,17 @@ def _request_stop(signum: int, frame: Optional[FrameType]) -> None:
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT stop the job at its next safe point, within the block only."""
+    """SIGTERM and SIGINT stop the job at its next safe point, within the block only.
+
+    The handlers that were in place come back after it. Only the main thread
+    takes signals: elsewhere, or within a block that already watches, this
+    does nothing. cli(), main() and package() all run under it.
+    """
+    if _STOP.watching or threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    _STOP.signum = None
+    _STOP.signum, _STOP.watching = None, True
     for sig in previous:
         signal.signal(sig, _request_stop)
     try:
@@ -259,19 +279,38 @@ def _stop_on_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _STOP.signum = None
+        _STOP.signum, _STOP.watching = None, False
 
 
-# Control characters from the inputs (names, link targets) must not reach a log line or the
-# message file as they are: a name with a newline could forge a log line of its own.
-_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
-_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
-_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+# Control and format characters from the inputs (names, link targets) must not reach a
+# log line or the message file as they are: a name with a newline could forge a log line
+# of its own, and one with a bidi override (U+202E) or a zero-width space show a name
+# other than its own. Every character of the Unicode categories Cc, Cf, Cs, Zl and Zp is
+# written as an escape.
+_ESCAPED_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def _escape(text: str) -> str:
-    """text with every control character (and Unicode line separator) written as an escape."""
-    return text.translate(_ESCAPES)
+    """text with every control, format or line-separator character written as an escape."""
+    if text.isprintable():  # none of them (isprintable is False for each): the common case
+        return text
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if unicodedata.category(char) not in _ESCAPED_CATEGORIES:
+        return char
+    code = ord(char)
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 class _EscapingFilter(logging.Filter):
@@ -515,11 +554,15 @@ class Excludes:
         self.left_out.append(shown)
         return True
 
-    def warn(self) -> None:
-        """One WARNING with the count and the first few, if anything was left out."""
+    def summarize(self) -> None:
+        """One line with the count and the first few, if anything was left out.
+
+        At INFO: leaving out caches and version control is what a developer's
+        checkout expects, and what the user's own patterns asked for.
+        """
         if self.left_out:
             first = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
-            log.warning(
+            log.info(
                 "%d paths left out of the package by the excludes: %s (--exclude adds "
                 "patterns, --no-default-excludes keeps these)",
                 len(self.left_out),
@@ -770,7 +813,8 @@ def _optional_dir(path: Path, default: str, what: str, option: str) -> Optional[
         return None
     if not path.is_dir():
         raise PackagingError(f"{what} {path} is not a directory; pass a directory to {option}")
-    return path if _has_files(path) else None
+    with _os_errors(f"reading the {what}", path):
+        return path if _has_files(path) else None
 
 
 class Inputs:
@@ -2169,11 +2213,17 @@ class Record(NamedTuple):
 PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 AWS_KEY_ID = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
 AWS_KEY_ID_START = re.compile(rb"A[KS]IA")  # one scan for both prefixes: faster than two "in"
-AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+# 40 characters of base64's alphabet, alone: after "=", ":", a quote or a space, as in
+# KEY=value, export KEY=value, KEY: value, "KEY": "value" and KEY = value.
+AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 
 
 # How every credentials file's name ends: a quick screen before a name is looked at closely.
 _CREDENTIAL_NAME_ENDINGS = (*SECRET_FILE_NAMES, "credentials")
+
+
+def _may_name_credentials(name: str) -> bool:
+    return name.endswith(_CREDENTIAL_NAME_ENDINGS) or ".env." in name
 
 
 def _credential_name(name: str) -> Optional[str]:
@@ -2181,7 +2231,7 @@ def _credential_name(name: str) -> Optional[str]:
     base = name.rpartition("/")[2]
     if base == "credentials" and (name == ".aws/credentials" or name.endswith("/.aws/credentials")):
         return "its name marks a credentials file (.aws/credentials)"
-    if base in SECRET_FILE_NAMES:
+    if base in SECRET_FILE_NAMES or (base.startswith(".env.") and base not in ENV_FILE_EXAMPLES):
         return f"its name marks a credentials file ({base})"
     return None
 
@@ -2215,7 +2265,7 @@ class CredentialCheck:
         self._allow = allow
 
     def names(self, members: List[Member]) -> None:
-        suspects = [m for m in members if m.name.endswith(_CREDENTIAL_NAME_ENDINGS)]
+        suspects = [m for m in members if _may_name_credentials(m.name)]
         for member in suspects:
             if not member.is_dir and self._scanned(member.name):
                 self._report(member, _credential_name(member.name))
@@ -3075,18 +3125,34 @@ def _output_dir(output_dir: Path) -> Iterator[None]:
     created = _missing_dirs(output_dir)
     with _os_errors("creating the output directory", output_dir):
         output_dir.mkdir(parents=True, exist_ok=True)
-    others = sorted(p.name for p in output_dir.iterdir() if p.name != PACKAGE_NAME)
-    if others:
-        log.warning(
-            "output directory %s also holds %s; they are left alone", output_dir, ", ".join(others)
-        )
     try:
+        _check_writable(output_dir)
+        others = sorted(p.name for p in output_dir.iterdir() if p.name != PACKAGE_NAME)
+        if others:
+            log.warning(
+                "output directory %s also holds %s; they are left alone",
+                output_dir,
+                ", ".join(others),
+            )
         yield
     except BaseException:
         for directory in created:
             with contextlib.suppress(OSError):
                 directory.rmdir()
         raise
+
+
+def _check_writable(directory: Path) -> None:
+    """Create and remove a file in directory, so that a read-only one fails before any work."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".mims-probe-", dir=directory)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:  # named by the directory, not the probe's random name
+        unnamed = OSError(exc.errno, exc.strerror)
+        raise _explain(
+            unnamed, "checking that the output directory is writable", directory
+        ) from exc
 
 
 def _work_dir(explicit: Optional[Path], output_dir: Path, inputs: Tuple[Path, ...]) -> Path:
@@ -3168,7 +3234,7 @@ def _stage_inputs(
             members.append(make_member(name, os.fspath(source), os.stat(source)))
             members += stage_tree(source, make_member, f"{name}/", (), excludes)
         phase.amount = f"{sum(not m.is_dir for m in members)} files"
-    excludes.warn()
+    excludes.summarize()
     members.sort(key=_BY_NAME)
     return members
 
@@ -3273,6 +3339,17 @@ def _write_and_verify(
     return final, digest, final.stat().st_size
 
 
+def _check_local(option: str, value: Union[str, Path, None]) -> None:
+    """Refuse an S3 URI where a local path goes (Path() would make s3://b/k into s3:/b/k)."""
+    if isinstance(value, str) and value[:5].lower() == "s3://":
+        raise PackagingError(
+            f"{option} is the S3 URI {value}, but this script reads and writes local paths: "
+            "map it into the job with a ProcessingInput or ProcessingOutput and pass its local "
+            "path (the defaults are under /opt/ml/processing), or copy it with aws s3 cp first"
+        )
+
+
+@_stop_on_signals()
 def package(
     model_dir: Union[str, Path, None] = None,
     script_dir: Union[str, Path, None] = None,
@@ -3300,6 +3377,15 @@ def package(
     """
     started = time.monotonic()
     log.info("mims_package %s on Python %s", __version__, sys.version.split()[0])
+    given = {
+        "--model-dir": model_dir,
+        "--script-dir": script_dir,
+        "--output-dir": output_dir,
+        "--calibration-dir": calibration_dir,
+        "--work-dir": work_dir,
+    }
+    for option, value in given.items():
+        _check_local(option, value)
     output = Path(output_dir if output_dir is not None else DEFAULT_OUTPUT_PATH)
     model = Path(model_dir if model_dir is not None else DEFAULT_MODEL_PATH)
     script = Path(script_dir if script_dir is not None else DEFAULT_SCRIPT_PATH)
@@ -3367,13 +3453,26 @@ def _report_failure(reason: str) -> None:
     log.error("%s", reason)
     if not _in_processing_job():
         return
-    message = _escape(reason).encode("utf-8")[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore")
+    message = _fit(_escape(reason), MAX_MESSAGE_BYTES)
     path = Path(FAILURE_MESSAGE_PATH)
     try:
         path.parent.mkdir(exist_ok=True)
         path.write_text(message, encoding="utf-8")
     except OSError as exc:
         log.warning("could not write the failure reason to %s: %s", path, exc)
+
+
+def _fit(text: str, limit: int) -> str:
+    """text in at most limit UTF-8 bytes, its reason kept: long paths lose their middle first."""
+    words = text.split(" ")
+    while len(" ".join(words).encode("utf-8")) > limit:
+        longest = max(range(len(words)), key=lambda i: len(words[i]) if "/" in words[i] else 0)
+        word = words[longest]
+        if "/" not in word or len(word) < 24:
+            break
+        keep = len(word) // 4
+        words[longest] = word[:keep] + "..." + word[-keep:]
+    return " ".join(words).encode("utf-8")[:limit].decode("utf-8", "ignore")
 
 
 def _source_date_epoch(environ: Mapping[str, str]) -> Optional[int]:
@@ -3425,6 +3524,7 @@ def _show_logs_by_default() -> None:
         log.setLevel(logging.INFO)
 
 
+@_stop_on_signals()
 def main(
     input_paths: Mapping[str, str],
     output_paths: Mapping[str, str],

@@ -463,7 +463,12 @@ MUTANTS = [
     ),
     Mutant(
         "failure: the message is not cut to 1 KiB",
-        [("[:MAX_MESSAGE_BYTES]", "")],
+        [
+            (
+                '    return " ".join(words).encode("utf-8")[:limit]',
+                '    return " ".join(words).encode("utf-8")',
+            )
+        ],
         FAILURES,
     ),
     Mutant(

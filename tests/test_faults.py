@@ -214,7 +214,10 @@ def test_permission_denied_on_the_output_dir(shared_job: Job) -> None:
     write_tree(job.output, {"model.tar.gz": OLD})
     result = run_unprivileged(job)
     assert_clean_failure(
-        job, result.returncode, result.stdout, "permission denied while creating the package file"
+        job,
+        result.returncode,
+        result.stdout,
+        "permission denied while checking that the output directory is writable",
     )
 
 
