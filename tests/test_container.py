@@ -37,7 +37,7 @@ for entry in "$tmp"/host-opt/*; do
   if [ -d "$entry" ]; then mkdir "/opt/${entry##*/}"; else touch "/opt/${entry##*/}"; fi
   mount --bind "$entry" "/opt/${entry##*/}"
 done
-mkdir /opt/ml
+[ -d /opt/ml ] || mkdir /opt/ml  # the host's own /opt/ml, if it has one, is covered
 mount -t tmpfs -o size=256m tmpfs /opt/ml
 mkdir -p /opt/ml/processing/input/model /opt/ml/processing/input/script \
          /opt/ml/processing/output /opt/ml/config /opt/ml/output
@@ -73,19 +73,30 @@ def entrypoint() -> list[str]:
     return command
 
 
-def run_container(tmp: Path) -> tuple[int, str]:
+# As on a SageMaker notebook instance or in a processing image: /opt/ml already there, with
+# something in it, on a /opt of this namespace's own.
+HOST_WITH_OPT_ML = """
+mount -t tmpfs -o size=16m tmpfs /opt
+mkdir -p /opt/ml/processing/input /opt/ml/code
+echo host > /opt/ml/code/host-file
+"""
+
+
+def run_container(tmp: Path, host_has_opt_ml: bool = False) -> tuple[int, str]:
     """Run the ENTRYPOINT with no argument in the SageMaker layout; return (exit code, log)."""
     opt_ml_existed = Path("/opt/ml").exists()
     (tmp / "mims_package.py").write_bytes(SCRIPT.read_bytes())
     command = entrypoint()
-    result = in_namespace(LAYOUT, tmp, command[1], *command)
+    layout = (HOST_WITH_OPT_ML if host_has_opt_ml else "") + LAYOUT
+    result = in_namespace(layout, tmp, command[1], *command)
     assert Path("/opt/ml").exists() == opt_ml_existed, "/opt/ml leaked onto the host"
     assert result.returncode != 99, result.stdout
     return result.returncode, result.stdout + result.stderr
 
 
 @needs_unshare
-def test_the_container_packages_the_example(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host_has_opt_ml", [False, True], ids=["no-opt-ml", "opt-ml-on-host"])
+def test_the_container_packages_the_example(tmp_path: Path, host_has_opt_ml: bool) -> None:
     write_tree(
         tmp_path / "model", {"model.tar.gz": (EXAMPLE / "model" / "model.tar.gz").read_bytes()}
     )
@@ -97,7 +108,7 @@ def test_the_container_packages_the_example(tmp_path: Path) -> None:
             )
     shutil.copytree(EXAMPLE / "calibration", tmp_path / "calibration")
     (tmp_path / "output").mkdir()
-    code, log = run_container(tmp_path)
+    code, log = run_container(tmp_path, host_has_opt_ml)
     assert code == 0, log
     assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["model.tar.gz"]
     names = set(files_of(tmp_path / "output" / "model.tar.gz"))

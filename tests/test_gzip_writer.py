@@ -316,3 +316,31 @@ def test_probing_stops_once_matching_clearly_pays(monkeypatch: pytest.MonkeyPatc
     weights = TYPES["float32"](np.random.default_rng(3), MIB)
     assert mims_package.choose_strategy(weights, 6) == zlib.Z_HUFFMAN_ONLY
     assert len(calls) == 2 * mims_package.PROBES
+
+
+def no_repeats(size: int, seed: int) -> bytes:
+    """size bytes in which no 3 bytes in a row occur twice: deflate finds no match in them."""
+    rng = random.Random(seed)
+    out, seen = bytearray(b"\0\1"), set()
+    while len(out) < size:
+        byte = rng.randrange(256)
+        gram = bytes(out[-2:]) + bytes([byte])
+        if gram not in seen:
+            seen.add(gram)
+            out.append(byte)
+    return bytes(out)
+
+
+def test_probes_that_tie_go_to_the_level_which_finds_repeats_across_the_chunk() -> None:
+    # Each probe is the same 16 KiB run with no match inside it: both codings of it are the
+    # same size. Across the chunk the run repeats, which only matching can use.
+    chunk = no_repeats(16 << 10, seed=7) * 64
+    probe = chunk[: mims_package.PROBE_SIZE]
+    sizes = set()
+    for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_HUFFMAN_ONLY):
+        deflate = mims_package._raw_deflate(6, strategy)
+        sizes.add(len(deflate.compress(probe) + deflate.flush()))
+    assert len(sizes) == 1  # a tie
+    assert mims_package.choose_strategy(chunk, 6) == zlib.Z_DEFAULT_STRATEGY
+    piece = mims_package._deflate_chunk(chunk, b"", 6, True)[0]
+    assert len(piece) < len(chunk) // 20  # Huffman alone would take it all

@@ -295,14 +295,27 @@ def test_the_job_refuses_a_file_whose_ignored_bits_changed(
 ) -> None:
     # Byte 4 is the gzip header's MTIME, which gunzip ignores: only the SHA-256 sees it.
     write_tree(job.model, {"m.bin": os.urandom(3 << 20)})
-    real_write = mims_package._ReadBack.write
+    real_init = mims_package._ReadBack.__init__
 
-    def write(self: Any, data: bytes) -> None:
-        real_write(self, data)
-        if self._written == len(data):  # the header, first
-            os.pwrite(self._out.fileno(), b"\x01", 4)
+    class AlteringFile:
+        """The package file, whose first write (the gzip header) reaches the disk altered."""
 
-    monkeypatch.setattr(mims_package._ReadBack, "write", write)
+        def __init__(self, out: Any) -> None:
+            self.out, self.first = out, True
+
+        def write(self, data: bytes) -> int:
+            if self.first:  # changed before the read-back can be told it is there
+                data, self.first = data[:4] + b"\x01" + data[5:], False
+            return self.out.write(data)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.out, name)
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self._out = AlteringFile(self._out)
+
+    monkeypatch.setattr(mims_package._ReadBack, "__init__", init)
     with pytest.raises(mims_package.PackagingError, match="bytes differ from those written"):
         job.main()
     assert not job.package.exists() and job.leftovers() == []
