@@ -180,6 +180,20 @@ HOSTILE = {
         lambda outside: [tar_member("up", type=tarfile.SYMTYPE, linkname="../../outside")],
         "points outside the archive",
     ),
+    "escape-through-an-earlier-symlink": (
+        lambda outside: [
+            tar_member("here", type=tarfile.SYMTYPE, linkname="."),
+            tar_member("out", type=tarfile.SYMTYPE, linkname="here/.."),
+        ],
+        "points outside the archive",
+    ),
+    "symlink-copies-over-budget": (
+        lambda outside: [
+            tar_member("zeros.bin", bytes(1 << 20)),
+            *(tar_member(f"c{i}", type=tarfile.SYMTYPE, linkname="zeros.bin") for i in range(120)),
+        ],
+        "more than 10-fold",
+    ),
 }
 
 

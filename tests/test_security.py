@@ -251,3 +251,63 @@ def test_a_directory_in_place_of_a_symlink_then_a_file_again(job: Job) -> None:
         ],
     )
     assert_refused(job.cli(), job, "'a/b' would replace a directory")
+
+
+def test_symlink_copies_count_against_the_copy_budget(job: Job) -> None:
+    # 1 MiB of zeros and 120 links to it would plan 121 MiB: over 10 x 1 MiB + 100 MiB.
+    links = [tar_member(f"copy{i}", type=SYM, linkname="zeros.bin") for i in range(120)]
+    run_hostile(job, [tar_member("zeros.bin", bytes(1 << 20)), *links], "would copy", "10-fold")
+
+
+def test_directory_symlink_copies_count_bytes_too(job: Job) -> None:
+    links = [tar_member(f"view{i}", type=SYM, linkname="real") for i in range(120)]
+    run_hostile(job, [tar_member("real/zeros.bin", bytes(1 << 20)), *links], "would copy")
+
+
+@pytest.mark.parametrize("where", ["", "code/"])
+def test_a_symlink_that_escapes_through_an_earlier_one_is_refused(job: Job, where: str) -> None:
+    # Read alone, "here/.." stays inside; through the link "here" -> ".", it climbs out. In
+    # code/, which the script input replaces, it would never be looked at again.
+    members = [
+        tar_member(f"{where}here", type=SYM, linkname="."),
+        tar_member(f"{where}out", type=SYM, linkname="here/.." + ("/.." if where else "")),
+    ]
+    write_tree(job.script, {"inference.py": ""})
+    run_hostile(job, members, f"'{where}out'", "points outside the archive")
+
+
+def test_a_symlink_that_escapes_once_a_later_link_is_made_is_refused(job: Job) -> None:
+    # "out" -> "later/.." is inside while "later" is a plain name; once "later" -> "." exists,
+    # it climbs out. The finished tree is checked again.
+    members = [
+        tar_member("out", type=SYM, linkname="later/.."),
+        tar_member("later", type=SYM, linkname="."),
+    ]
+    run_hostile(job, members, "'out'", "points outside the archive")
+
+
+def test_a_symlink_named_like_an_excluded_directory_is_left_out(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [
+            tar_member("model.bin", b"m"),
+            tar_member("gitdir/config", b"[remote] url = https://token@example.com/x"),
+            tar_member(".git", type=SYM, linkname="gitdir"),
+        ],
+    )
+    job.main()
+    assert not any(name.startswith(".git") for name in files_of(job.package))
+
+
+def test_a_hard_link_to_an_excluded_file_gets_its_bytes(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [
+            tar_member("model.bin", b"m"),
+            tar_member("__pycache__/cached.bin", b"cached bytes"),
+            tar_member("kept.bin", type=HARD, linkname="__pycache__/cached.bin"),
+        ],
+    )
+    job.main()
+    assert files_of(job.package) == {"model.bin": b"m", "kept.bin": b"cached bytes"}
+    assert job.leftovers() == []
