@@ -7,7 +7,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, ROOT, Job, archive_tree, assert_refused, files_of, run_cli, write_tree
+from conftest import (
+    EXAMPLE,
+    ROOT,
+    Job,
+    archive_tree,
+    assert_refused,
+    files_of,
+    read_package,
+    run_cli,
+    write_tree,
+)
 
 import mims_package
 
@@ -113,7 +123,39 @@ SECRETS = {
         f"AWS_ACCESS_KEY_ID = '{KEY_ID}'\nAWS_SECRET_ACCESS_KEY = '{SECRET}'\n",
         "it holds an AWS access key id with a secret access key",
     ),
+    "aws-env": (
+        "job.env",
+        f"AWS_ACCESS_KEY_ID={KEY_ID}\nAWS_SECRET_ACCESS_KEY={SECRET}\n",
+        "it holds an AWS access key id with a secret access key",
+    ),
+    "aws-export": (
+        "setup.sh",
+        f"export AWS_ACCESS_KEY_ID={KEY_ID}\nexport AWS_SECRET_ACCESS_KEY={SECRET}\n",
+        "it holds an AWS access key id with a secret access key",
+    ),
+    "aws-yaml": (
+        "config.yaml",
+        f"aws_access_key_id: {KEY_ID}\naws_secret_access_key: {SECRET}\n",
+        "it holds an AWS access key id with a secret access key",
+    ),
+    "aws-json": (
+        "config.json",
+        f'{{"AccessKeyId": "{KEY_ID}", "SecretAccessKey": "{SECRET}"}}\n',
+        "it holds an AWS access key id with a secret access key",
+    ),
+    "aws-ini": (
+        "config.ini",
+        f"aws_access_key_id = {KEY_ID}\naws_secret_access_key = {SECRET}\n",
+        "it holds an AWS access key id with a secret access key",
+    ),
     "dotenv": (".env", "DEBUG=1\n", "credentials file (.env)"),
+    "dotenv-local": ("app/.env.local", "DEBUG=1\n", "credentials file (.env.local)"),
+    "dotenv-production": (".env.production", "DEBUG=1\n", "credentials file (.env.production)"),
+    "dotenv-example-with-keys": (
+        ".env.example",
+        f"AWS_ACCESS_KEY_ID={KEY_ID}\nAWS_SECRET_ACCESS_KEY={SECRET}\n",
+        "it holds an AWS access key id with a secret access key",
+    ),
     "netrc": (".netrc", "machine x\n", "credentials file (.netrc)"),
     "pgpass": ("db/.pgpass", "h:5432:d:u:p\n", "credentials file (.pgpass)"),
     "aws-credentials": (".aws/credentials", "[default]\n", "credentials file (.aws/credentials)"),
@@ -164,7 +206,7 @@ def test_allow_secrets_warns_and_ships(job: Job) -> None:
 )
 def test_what_is_not_a_credential_passes(job: Job, content: str) -> None:
     write_tree(job.model, MODEL)
-    write_tree(job.script, {"config.py": content})
+    write_tree(job.script, {"config.py": content, ".env.example": "DEBUG=1\n"})
     result = job.cli()
     assert result.returncode == 0, result.stdout
     assert "credentials must not ship" not in result.stdout and "WARNING" not in result.stdout
@@ -234,3 +276,30 @@ def test_the_bundled_examples_package_hash_is_stable(job: Job) -> None:
     assert result.returncode == 0, result.stdout
     logged = result.stdout.split("sha256 ")[-1].split()[0]
     assert f"sha256 {logged}" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("where", ["script", "archive"])
+def test_directory_excludes_match_at_every_depth_directories_included(job: Job, where: str) -> None:
+    nested = {
+        "pkg/util.py": "X = 1\n",
+        "pkg/__pycache__/util.cpython-311.data": b"cache",
+        "pkg/deep/.ipynb_checkpoints/util-checkpoint.py": "X = 0\n",
+        "pkg/deep/keep.py": "Y = 2\n",
+        "notebooks/.ipynb_checkpoints/a.json": "{}",
+    }
+    if where == "script":
+        write_tree(job.model, MODEL)
+        write_tree(job.script, {"inference.py": "", **nested})
+        prefix = "code/"
+    else:
+        archive_tree(
+            write_tree(job.tmp / "trained", {**MODEL, **nested}), job.model / "model.tar.gz"
+        )
+        prefix = ""
+    job.main()
+    names = set(read_package(job.package))
+    expected = {f"{prefix}{n}" for n in ("pkg", "pkg/util.py", "pkg/deep", "pkg/deep/keep.py")}
+    expected |= {f"{prefix}notebooks", *MODEL}
+    if where == "script":
+        expected |= {"code", "code/inference.py"}
+    assert names == expected

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
+from typing import Any
 
 import pytest
-from conftest import Job, files_of, make_archive, stop_during, tar_member, write_tree
+from conftest import ROOT, Job, files_of, make_archive, stop_during, tar_member, write_tree
+
+import mims_package
 
 BIG = 48 << 20
 
@@ -54,3 +59,58 @@ def test_a_stop_at_any_moment_ends_the_job_cleanly(job: Job) -> None:
         if job.package.exists():
             assert "sha256" in log and set(files_of(job.package)) == {"weights.bin"}
             job.package.unlink()
+
+
+# cursus's package.py calls main() itself, with no handler of its own for SIGTERM.
+MAIN_LAUNCHER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import mims_package
+mims_package.main(
+    {"model_input": sys.argv[2], "script_input": sys.argv[3]},
+    {"package_output": sys.argv[4]},
+    {"WORKING_DIRECTORY": sys.argv[5]},
+)
+"""
+
+
+def test_sigterm_under_main_cleans_up_and_exits_as_a_signal_does(job: Job) -> None:
+    write_tree(job.model, {"weights.bin": os.urandom(BIG)})
+    paths = (ROOT, job.model, job.script, job.output, job.work)
+    process = subprocess.Popen(
+        [sys.executable, "-c", MAIN_LAUNCHER, *map(str, paths)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    log = []
+    for line in process.stdout:  # the moment the red team stopped it: compressing
+        log.append(line)
+        if "INFO compress: level" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    log.extend(process.stdout)
+    assert process.wait(timeout=60) == 143, "".join(log)
+    assert "stopped by SIGTERM" in "".join(log) and "Traceback" not in "".join(log)
+    assert not job.package.exists()
+    assert job.leftovers() == []
+
+
+def test_main_and_package_watch_for_stops_and_then_give_the_handlers_back(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, {"weights.bin": b"w"})
+    seen = []
+    real_stage = mims_package._stage_inputs
+
+    def stage(*args: Any) -> Any:
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return real_stage(*args)
+
+    monkeypatch.setattr(mims_package, "_stage_inputs", stage)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    job.main()
+    mims_package.package(job.model, job.script, job.output, work_dir=job.work)
+    assert seen == [mims_package._request_stop] * 2
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
