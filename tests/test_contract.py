@@ -235,3 +235,72 @@ def test_print_contract_into_a_closed_pipe_is_quiet() -> None:
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "char", ["\u202e", "\u202a", "\u2066", "\u200b", "\ufeff", "\u2028", "\x85"]
+)
+def test_format_and_control_characters_from_the_inputs_are_escaped(job: Job, char: str) -> None:
+    # A bidi override or a zero-width space would show another name than the file's own.
+    write_tree(job.model, {"m.bin": b"m"})
+    write_tree(job.script, {f"a{char}b/.env": "X=1\n"})
+    result = job.cli()
+    assert result.returncode == 1
+    error = next(line for line in result.stdout.splitlines() if " ERROR " in line)
+    assert char not in result.stdout
+    escape = f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    assert f"code/a{escape}b/.env" in error
+
+
+def test_the_message_file_keeps_the_reason_when_paths_are_long(
+    job: Job, no_sagemaker_paths: Path
+) -> None:
+    (no_sagemaker_paths / "output").mkdir(parents=True)
+    deep = job.tmp.joinpath(*(["a-long-directory-name"] * 60))
+    with pytest.raises(mims_package.PackagingError):
+        mims_package.main(
+            {"model_input": str(deep), "script_input": str(job.script)},
+            {"package_output": str(job.output)},
+            {"WORKING_DIRECTORY": str(job.work)},
+        )
+    message = (no_sagemaker_paths / "output" / "message").read_text(encoding="utf-8")
+    assert len(message.encode()) <= 1024 < len(str(deep))
+    assert message.startswith("model input ") and "..." in message
+    assert message.endswith("(a model.tar.gz or the model files)")
+
+
+@pytest.mark.parametrize("option", ["--model-dir", "--script-dir", "--output-dir", "--work-dir"])
+def test_an_s3_uri_where_a_local_path_goes_gets_its_own_message(job: Job, option: str) -> None:
+    write_tree(job.model, {"m.bin": b"m"})
+    args = {**dict(zip(job.args()[::2], job.args()[1::2])), option: "s3://bucket/prefix/model"}
+    result = run_cli(*(item for pair in args.items() for item in pair))
+    assert result.returncode == 1, result.stdout
+    error = next(line for line in result.stdout.splitlines() if " ERROR " in line)
+    assert f"{option} is the S3 URI s3://bucket/prefix/model" in error
+    assert "ProcessingInput" in error and "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_error_while_walking_an_input_is_a_clean_failure(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, {"m.bin": b"m"})
+    write_tree(job.script, {"inference.py": ""})
+
+    def walk(root: object, stoppable: bool = True) -> object:
+        raise OSError(36, "File name too long", str(root))
+
+    monkeypatch.setattr(mims_package, "_walk_tree", walk)
+    with pytest.raises(mims_package.PackagingError, match="while reading the script input"):
+        job.main()
+
+
+def test_progress_counts_the_same_bytes_on_both_sides(
+    job: Job, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Many small files: the tar stream is mostly headers, which the total does not count.
+    write_tree(job.model, {f"f{i}.bin": b"x" for i in range(3000)})
+    monkeypatch.setattr(mims_package, "PROGRESS_INTERVAL", 0.0)
+    caplog.set_level("INFO", logger="mims_package")
+    job.main()
+    percents = [int(p) for p in re.findall(r"(?:compress|verify): .* \((\d+)%\)", caplog.text)]
+    assert percents and max(percents) <= 100

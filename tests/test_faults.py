@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SCRIPT, Job, in_namespace, make_archive, needs_unshare, tar_member, write_tree
+from conftest import (
+    SCRIPT,
+    Job,
+    archive_tree,
+    in_namespace,
+    make_archive,
+    needs_unshare,
+    tar_member,
+    write_tree,
+)
 
 import mims_package
 
@@ -310,3 +319,23 @@ def test_stopped_in_each_phase(
     assert sorted(p.name for p in job.output.iterdir()) == ["model.tar.gz"]
     assert list(job.work.iterdir()) == []
     assert not [t for t in threading.enumerate() if t.name.startswith(("deflate", "read-back"))]
+
+
+def test_a_read_only_output_dir_fails_before_the_archive_is_extracted(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive_tree(write_tree(job.tmp / "trained", {"w.bin": b"w"}), job.model / "model.tar.gz")
+    job.output.mkdir()
+    real_mkstemp = mims_package.tempfile.mkstemp
+    extracted = []
+
+    def mkstemp(**kwargs: Any) -> Any:
+        if Path(kwargs["dir"]) == job.output:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(**kwargs)
+
+    monkeypatch.setattr(mims_package.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(mims_package, "extract_archive", lambda *a: extracted.append(a))
+    with pytest.raises(mims_package.PackagingError, match="read-only file system while checking"):
+        job.main()
+    assert extracted == [] and job.leftovers() == []

@@ -455,3 +455,73 @@ def test_a_signed_checksum_is_accepted_as_tar_accepts_it() -> None:
     assert mims_package._is_tar_header(bytes(block))
     block[148:155] = b"%06o\0" % (signed - 1)
     assert not mims_package._is_tar_header(bytes(block))
+
+
+# Bounds, each pinned at its edge.
+
+
+def read_members(tar: bytes) -> list[mims_package.TarMember]:
+    """The members the reader finds in a plain tar stream (ArchiveError if it refuses it)."""
+    return list(mims_package.TarReader(io.BytesIO(tar)).members())
+
+
+def test_a_name_of_exactly_4096_bytes_is_read_and_4097_refused() -> None:
+    for size, ok in ((4096, True), (4097, False)):
+        name = ("d/" * 2048)[: size - 1] + "x"
+        entry = pax_entry(_pax_record(b"path", name.encode())) + file_entry("short", b"s")
+        if ok:
+            assert [m.name for m in read_members(entry + EOF_MARKER)] == [name]
+        else:
+            with pytest.raises(mims_package.UnsupportedArchive, match="4097 bytes long"):
+                read_members(entry + EOF_MARKER)
+
+
+def test_eight_extended_headers_in_a_row_are_read_and_nine_refused() -> None:
+    for count, ok in ((8, True), (9, False)):
+        headers = b"".join(pax_entry(_pax_record(b"comment", b"%d" % i)) for i in range(count))
+        tar = headers + file_entry("m.bin", b"m") + EOF_MARKER
+        if ok:
+            assert [m.name for m in read_members(tar)] == ["m.bin"]
+        else:
+            with pytest.raises(mims_package.UnsupportedArchive, match="more than 8 in a row"):
+                read_members(tar)
+
+
+def test_a_thousand_pax_records_are_read_and_one_more_refused() -> None:
+    for count, ok in ((1000, True), (1001, False)):
+        records = b"".join(_pax_record(b"k%d" % i, b"v") for i in range(count))
+        tar = pax_entry(records) + file_entry("m.bin", b"m") + EOF_MARKER
+        if ok:
+            assert [m.name for m in read_members(tar)] == ["m.bin"]
+        else:
+            with pytest.raises(mims_package.UnsupportedArchive, match="more than 1000 PAX"):
+                read_members(tar)
+
+
+def test_a_pax_record_that_does_not_end_in_a_newline_at_its_length_is_refused() -> None:
+    tar = raw_pax_entry(b"13 path=abcd ") + file_entry("m.bin", b"m") + EOF_MARKER
+    with pytest.raises(mims_package.ArchiveError, match="is malformed"):
+        read_members(tar)
+
+
+def test_data_after_the_end_marker_is_found_past_the_first_read() -> None:
+    tail = bytes(mims_package.IO_BLOCK_SIZE + BLOCK_SIZE) + b"garbage"
+    with pytest.raises(mims_package.ArchiveError, match="data follows the end-of-archive"):
+        read_members(file_entry("m.bin", b"m") + EOF_MARKER + tail)
+
+
+def test_a_positive_base_256_number_is_big_endian() -> None:
+    field = b"\x80" + (5 << 16 | 7).to_bytes(11, "big")
+    assert mims_package._header_number(field, "size") == 5 << 16 | 7
+    negative = b"\xff" * 8 + (-2).to_bytes(4, "big", signed=True)
+    assert mims_package._header_number(negative, "mtime", signed=True) == -2
+    with pytest.raises(mims_package.ArchiveError, match="its size field is negative"):
+        mims_package._header_number(negative, "size")
+
+
+def test_a_package_followed_by_a_second_gzip_member_is_not_one_package(job: Job) -> None:
+    write_tree(job.model, {"m.bin": b"m"})
+    job.main()
+    job.package.write_bytes(job.package.read_bytes() + gzip.compress(bytes(10240)))
+    with pytest.raises(mims_package.PackagingError, match="data follows the compressed stream"):
+        mims_package.read_package(job.package)
