@@ -42,10 +42,12 @@ The file reads in pipeline order, one section each:
 
 * Contract and constants: default paths, limits, excludes, the CONTRACT.
 * Errors: PackagingError, escaping, disk-error messages, phases and progress.
-* Finding the inputs: tree walks, excludes, symlink resolution, the checked inputs.
+* Finding the inputs: tree walks, excludes, the snapshot rule (stamps, directory
+  descriptors), symlink resolution, the checked inputs.
 * The tar format: headers packed by hand, and the strict reader of tar streams.
 * Safe extraction: decoders, format checks, read-ahead, the checks on every member.
-* Staging: the package's members, read in place, real files and directories only.
+* Staging: the package's members, read in place, real files and directories only;
+  the copy budget for links.
 * What goes into the package: members with normalized metadata; no credentials.
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
@@ -503,7 +505,8 @@ class Excludes:
     A pattern is matched against a path relative to its input's root. One
     without a "/" matches a name at any depth ("*.pyc", "__pycache__/"); one
     with a "/" matches the whole relative path ("data/raw/"). A trailing "/"
-    matches directories only, and leaving a directory out leaves out all in it.
+    matches directories only (and symlinks: a ".git" symlink is left out as a
+    ".git" directory is), and leaving a directory out leaves out all in it.
     The decision depends on names alone, so packages stay deterministic.
     """
 

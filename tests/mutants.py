@@ -39,6 +39,8 @@ GZIP = ["tests/test_gzip_writer.py", "tests/test_verification.py"]
 CLEANUP = ["tests/test_faults.py", "tests/test_signals.py", "tests/test_inputs.py"]
 FAILURES = ["tests/test_contract.py", "tests/test_faults.py", "tests/test_container.py"]
 READER = ["tests/test_tar_reader.py", "tests/test_integrity.py", "tests/test_security.py"]
+COMPAT = ["tests/test_tar_compat.py", "tests/test_tar_reader.py"]
+SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
 
 
 @dataclass
@@ -505,6 +507,230 @@ MUTANTS = [
             )
         ],
         FAILURES,
+    ),
+    # Untrusted inputs, round two: each new check weakened or removed.
+    Mutant(
+        "reader: the ustar prefix only with version 00",
+        [("block[257:263] == POSIX_MAGIC", 'block[257:265] == b"ustar\\x0000"')],
+        COMPAT,
+    ),
+    Mutant(
+        "reader: consecutive PAX headers merged",
+        [
+            (
+                "                    pax = _pax_records(data)",
+                "                    pax.update(_pax_records(data))",
+            )
+        ],
+        COMPAT,
+    ),
+    Mutant(
+        "reader: Solaris X read as a file",
+        [
+            (
+                "                if typeflag in (PAX_HEADER_TYPE, SOLARIS_PAX_TYPE):",
+                "                if typeflag == PAX_HEADER_TYPE:",
+            )
+        ],
+        COMPAT,
+    ),
+    Mutant(
+        "reader: old-style directories read as files",
+        [('        if kind == "file" and name.endswith("/"):', "        if False:")],
+        COMPAT,
+    ),
+    Mutant(
+        "reader: base-256 decoded little-endian",
+        [
+            (
+                '        value = int.from_bytes(field[1:], "big")',
+                '        value = int.from_bytes(field[1:], "little")',
+            )
+        ],
+        [*READER, "tests/test_tar_compat.py"],
+    ),
+    Mutant(
+        "reader: negative numbers allowed in any field",
+        [("        if not signed:\n", "        if False:\n")],
+        READER,
+    ),
+    Mutant(
+        "reader: a checksum parsed by int(x, 8)",
+        [
+            (
+                '    digits = _c_string(field).strip(b" ")\n'
+                '    if not digits or digits.strip(b"01234567"):',
+                '    digits = field.strip(b" \\0").replace(b"0o", b"")\n    if not digits:',
+            )
+        ],
+        COMPAT,
+    ),
+    Mutant(
+        "reader: extended headers unbounded in a row",
+        [("            if extended > MAX_EXTENDED_IN_A_ROW:", "            if False:")],
+        READER,
+    ),
+    Mutant(
+        "reader: PAX records unbounded in number",
+        [("        if count > MAX_PAX_RECORDS:", "        if False:")],
+        READER,
+    ),
+    Mutant(
+        "reader: the name bound off by one",
+        [("    if len(raw) > MAX_PATH_BYTES:", "    if len(raw) >= MAX_PATH_BYTES:")],
+        READER,
+    ),
+    Mutant(
+        "reader: a '-' accepted in PAX size, uid and gid",
+        [('    if whole.startswith(b"-") and fraction:', '    if whole.startswith(b"-"):')],
+        READER,
+    ),
+    Mutant(
+        "reader: a PAX record's newline not checked",
+        [('data[end - 1 : end] != b"\\n" or ', "")],
+        READER,
+    ),
+    Mutant(
+        "xz: no memory limit",
+        [("lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT", "lzma.FORMAT_XZ")],
+        COMPAT,
+    ),
+    Mutant(
+        "xz: any check accepted",
+        [("        if check not in XZ_CHECKS:", "        if False:")],
+        COMPAT,
+    ),
+    Mutant(
+        "xz: no padding between streams",
+        [("        between = self._is_xz and padding % 4 == 0", "        between = False")],
+        COMPAT,
+    ),
+    Mutant(
+        "decode: a second gzip member accepted in a package",
+        [
+            (
+                "        if self._many and rest.startswith(self._magic)",
+                "        if rest.startswith(self._magic)",
+            )
+        ],
+        READER,
+    ),
+    Mutant(
+        "extract: the finished tree's symlinks not checked again",
+        [('            self._resolve(name.split("/")[:-1], target, name)\n', "            pass\n")],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: a symlink's target read without the links on the way",
+        [('            if node is not None and node.kind == "symlink":', "            if False:")],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: a symlink named like an excluded directory kept",
+        [
+            (
+                '        if self._excluded(parts, kind in ("dir", "symlink")):',
+                '        if self._excluded(parts, kind == "dir"):',
+            )
+        ],
+        EXTRACTION,
+    ),
+    Mutant(
+        "extract: excluded files not held for hard links",
+        [("        if node is None and target_name in self._held:", "        if False:")],
+        EXTRACTION,
+    ),
+    Mutant(
+        "stage: symlink copies free",
+        [
+            (
+                "                elif linked or is_link:\n"
+                "                    budget.add(info.st_size)\n",
+                "",
+            )
+        ],
+        [*EXTRACTION, "tests/test_security.py"],
+    ),
+    Mutant(
+        "snapshot: directories opened through symlinks",
+        [
+            (
+                '    getattr(os, "O_PATH", os.O_RDONLY)'
+                "  # O_PATH: a directory one may search but not list\n"
+                '    | getattr(os, "O_DIRECTORY", 0)\n    | getattr(os, "O_NOFOLLOW", 0)\n',
+                '    getattr(os, "O_PATH", os.O_RDONLY)\n    | getattr(os, "O_DIRECTORY", 0)\n',
+            )
+        ],
+        SNAPSHOT,
+    ),
+    Mutant(
+        "snapshot: a file not checked after it is read",
+        [("        _check_unchanged(fd, member.path, member.stamp)\n", "")],
+        SNAPSHOT,
+    ),
+    Mutant(
+        "snapshot: a listed directory not checked to be the one found",
+        [("            if (info.st_dev, info.st_ino) != key:", "            if False:")],
+        SNAPSHOT,
+    ),
+    Mutant(
+        "snapshot: the model archive opened blocking",
+        [('    | getattr(os, "O_NONBLOCK", 0)\n', "")],
+        SNAPSHOT,
+    ),
+    Mutant(
+        "credentials: .env.* files not caught by name",
+        [
+            (
+                "    if base in SECRET_FILE_NAMES or "
+                '(base.startswith(".env.") and base not in ENV_FILE_EXAMPLES):',
+                "    if base in SECRET_FILE_NAMES:",
+            )
+        ],
+        ["tests/test_shipping.py"],
+    ),
+    Mutant(
+        "credentials: a secret after '=' not seen",
+        [
+            (
+                'AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+])',
+                'AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])',
+            )
+        ],
+        ["tests/test_shipping.py"],
+    ),
+    Mutant(
+        "stops: main() and package() do not watch for signals",
+        [
+            ("@_stop_on_signals()\ndef main(", "def main("),
+            ("@_stop_on_signals()\ndef package(", "def package("),
+        ],
+        ["tests/test_signals.py"],
+    ),
+    Mutant(
+        "logs: format characters not escaped",
+        [
+            (
+                '_ESCAPED_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")',
+                '_ESCAPED_CATEGORIES = ("Cc", "Zl", "Zp")',
+            )
+        ],
+        FAILURES,
+    ),
+    Mutant(
+        "early: the output dir's writability not checked first",
+        [("        _check_writable(output_dir)\n", "")],
+        ["tests/test_faults.py"],
+    ),
+    Mutant(
+        "adaptive: a tie goes to Huffman",
+        [
+            (
+                "    huffman_wins = sizes[zlib.Z_HUFFMAN_ONLY] < sizes",
+                "    huffman_wins = sizes[zlib.Z_HUFFMAN_ONLY] <= sizes",
+            )
+        ],
+        GZIP,
     ),
 ]
 
