@@ -123,3 +123,37 @@ def test_an_unchanged_snapshot_packages_as_before(job: Job) -> None:
     write_tree(job.model, {"sub/weights.bin": b"w", "top.bin": b"t"})
     job.main()
     assert files_of(job.package) == {"sub/weights.bin": b"w", "top.bin": b"t"}
+
+
+def test_a_directory_reached_through_a_symlink_to_itself_is_still_refused(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same directory, same inode, same files: but now through a link, which is refused.
+    write_tree(job.model, {"sub/weights.bin": b"real weights"})
+    real_stage = mims_package._stage_inputs
+
+    def stage_then_relink(*args: Any) -> Any:
+        planned = real_stage(*args)
+        swap_for_symlink(job.model / "sub", job.model / "sub.moved")
+        return planned
+
+    monkeypatch.setattr(mims_package, "_stage_inputs", stage_then_relink)
+    with pytest.raises(mims_package.PackagingError, match="a directory on its path was replaced"):
+        job.main()
+
+
+def test_a_directory_swapped_for_another_directory_during_the_walk_is_refused(
+    job: Job, outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, {"sub/weights.bin": b"real weights"})
+    real_listing = mims_package._DirectoryChain.listing
+
+    def listing(self: Any, path: str, key: Any) -> Any:
+        if path.endswith("/sub") and not (job.model / "sub.moved").exists():
+            (job.model / "sub").rename(job.model / "sub.moved")
+            outside.rename(job.model / "sub")  # a real directory, but not the one found
+        return real_listing(self, path, key)
+
+    monkeypatch.setattr(mims_package._DirectoryChain, "listing", listing)
+    with pytest.raises(mims_package.PackagingError, match="sub changed while being read"):
+        job.main()
