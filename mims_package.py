@@ -605,10 +605,13 @@ def _stamp(info: os.stat_result) -> int:
     Each field takes 64 bits of it, so that two stamps are equal only if every
     field is; one int a planned file, rather than five.
     """
-    stamp = 0
-    for field in (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns):
-        stamp = stamp << 64 | field & _MASK_64
-    return stamp
+    return (
+        (info.st_dev & _MASK_64) << 256
+        | (info.st_ino & _MASK_64) << 192
+        | (info.st_size & _MASK_64) << 128
+        | (info.st_mtime_ns & _MASK_64) << 64
+        | info.st_ctime_ns & _MASK_64
+    )
 
 
 def _changed(path: str, when: str) -> PackagingError:
