@@ -603,12 +603,13 @@ def _stamp(info: os.stat_result) -> int:
     """A file's identity and version as one number: device, inode, size, mtime, ctime.
 
     Each field takes 64 bits of it, so that two stamps are equal only if every
-    field is; one int a planned file, rather than five.
+    field is; one int a planned file, rather than five. Only the times can be
+    negative (before 1970): they are masked to 64 bits, the rest fit as they are.
     """
     return (
-        (info.st_dev & _MASK_64) << 256
-        | (info.st_ino & _MASK_64) << 192
-        | (info.st_size & _MASK_64) << 128
+        info.st_dev << 256
+        | info.st_ino << 192
+        | info.st_size << 128
         | (info.st_mtime_ns & _MASK_64) << 64
         | info.st_ctime_ns & _MASK_64
     )
@@ -669,6 +670,8 @@ class _DirectoryChain(_ContextManager):
 
     def open(self, path: str) -> int:
         """A descriptor of the directory at path, owned by the chain (valid until the next call)."""
+        if self._chain and self._chain[-1][0] == path:  # the last one again: most files
+            return self._chain[-1][1]
         while self._chain and not (
             path == self._chain[-1][0] or path.startswith(self._chain[-1][0] + "/")
         ):
@@ -1555,10 +1558,10 @@ def check_is_tar(archive: Path) -> int:
 
     Returns the archive's stamp: extraction must find the file unchanged.
     """
-    with _os_errors("reading the model archive", archive):
-        fd = _open_regular(os.fspath(archive), None)
-    with _os_errors("reading the model archive", archive), open(fd, "rb") as raw:
-        stamp = _stamp(os.fstat(fd))
+    with _os_errors("reading the model archive", archive), open(
+        _open_regular(os.fspath(archive), None), "rb"
+    ) as raw:
+        stamp = _stamp(os.fstat(raw.fileno()))
         head = raw.read(BLOCK_SIZE)
         raw.seek(0)
         compression = _compression(head)
@@ -1695,8 +1698,8 @@ class _Extractor:
         self.dest = dest
         self._dest = os.fspath(dest)  # paths stay strings: this runs once per member
         self.excludes = excludes
-        self.held = held
-        self._held: Dict[str, Tuple[str, int]] = {}  # excluded file name: (held path, size)
+        self.held_dir = held
+        self._held: Dict[str, _Linked] = {}  # by the excluded file's name
         self.root = _Node("dir")
         self.symlinks: Dict[str, str] = {}
         self.size = 0  # bytes of regular files
@@ -1792,10 +1795,10 @@ class _Extractor:
     def _hold(self, reader: TarReader, member: TarMember, parts: List[str]) -> None:
         """Keep an excluded file's bytes aside, where only a hard link to it can reach them."""
         if not self._held:
-            os.mkdir(self.held)
-        path = os.path.join(self.held, str(len(self._held)))
+            os.mkdir(self.held_dir)
+        path = os.path.join(self.held_dir, str(len(self._held)))
         self._write_file(reader, member, path, 0)
-        self._held["/".join(parts)] = (path, member.size)
+        self._held["/".join(parts)] = _Linked(path, member.size)
 
     def _kind(self, member: TarMember) -> str:
         """What the member is; devices and FIFOs are refused, unknown types become files."""
@@ -1880,7 +1883,7 @@ class _Extractor:
         if node is not None and node.kind == "file" and target_parts != parts:
             return "hardlink", "", _Linked(os.path.join(self._dest, target_name), node.size)
         if node is None and target_name in self._held:
-            return "hardlink", "", _Linked(*self._held[target_name])
+            return "hardlink", "", self._held[target_name]
         raise PackagingError(
             f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
             "which is not a file extracted before it"
