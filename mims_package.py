@@ -133,6 +133,19 @@ MODEL_ARCHIVE_NAME = "model.tar.gz"
 CODE_DIR = "code"
 CALIBRATION_DIR = "calibration"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
+DEFAULT_ENTRY_POINT = "inference.py"  # what SAGEMAKER_PROGRAM names, under code/
+HOSTING_MODEL_DIR = "/opt/ml/model"  # where hosting extracts the package
+# What tells code from a model, for the swapped-inputs check: code by its name, a model
+# file by its extension or by binary content (a NUL byte in its first block).
+CODE_SUFFIXES = (".py", ".pyi", ".sh", ".ipynb")
+CODE_NAMES = ("requirements.txt", "setup.cfg", "pyproject.toml", "Dockerfile")
+WEIGHT_SUFFIXES = (
+    ".bst", ".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".safetensors", ".onnx",
+    ".h5", ".hdf5", ".keras", ".pb", ".ckpt", ".model", ".npy", ".npz", ".cbm", ".gguf",
+    ".tflite", ".params", ".xgb", ".lgb",
+)  # fmt: skip
+BINARY_PROBE_SIZE = 8 << 10
+MAX_BINARY_PROBES = 64  # code files read to tell whether they are model files
 DEFAULT_COMPRESSION_LEVEL = 6
 IO_BLOCK_SIZE = 1 << 20
 MAX_SYMLINK_HOPS = 40
@@ -1694,8 +1707,11 @@ class _Extractor:
     so that a hard link to one still gets its bytes, as with tar -x.
     """
 
-    def __init__(self, dest: Path, excludes: Optional[Excludes], held: Path) -> None:
+    def __init__(
+        self, dest: Path, excludes: Optional[Excludes], held: Path, strip_components: int
+    ) -> None:
         self.dest = dest
+        self.strip_components = strip_components
         self._dest = os.fspath(dest)  # paths stay strings: this runs once per member
         self.excludes = excludes
         self.held_dir = held
@@ -1751,7 +1767,10 @@ class _Extractor:
 
     def add(self, reader: TarReader, member: TarMember) -> None:
         kind, link = self._kind(member), member.linkname
-        parts, existing = self._walk(member.name, member.name)
+        stripped = self._stripped(member.name)
+        if self.strip_components and not stripped:
+            return  # nothing left of its name: skipped, as tar skips it (its data is read)
+        parts, existing = self._walk(stripped, member.name)
         if not parts:
             if kind == "dir":
                 return
@@ -1791,6 +1810,13 @@ class _Extractor:
             self._write_file(reader, member, path, mtime)
             size = member.size
         parent.children[parts[-1]] = _Node("file", size)
+
+    def _stripped(self, name: str) -> str:
+        """name without its first strip_components components (counted after any "./")."""
+        if not self.strip_components:
+            return name
+        pieces = [piece for piece in name.split("/") if piece not in ("", ".")]
+        return "/".join(pieces[self.strip_components :])
 
     def _hold(self, reader: TarReader, member: TarMember, parts: List[str]) -> None:
         """Keep an excluded file's bytes aside, where only a hard link to it can reach them."""
@@ -1875,7 +1901,7 @@ class _Extractor:
         same target, checked from its own place.
         """
         self._check_target(member.name, member.linkname)
-        target_parts, node = self._walk(member.linkname, member.name)
+        target_parts, node = self._walk(self._stripped(member.linkname), member.name)
         target_name = "/".join(target_parts)
         if node is not None and node.kind == "symlink" and target_parts != parts:
             self._check_symlink(member.name, node.link, parts)
@@ -1990,16 +2016,25 @@ class _Extractor:
 
 
 def extract_archive(
-    archive: Path, stamp: int, dest: Path, excludes: Optional[Excludes], held: Path
+    archive: Path,
+    stamp: int,
+    dest: Path,
+    excludes: Optional[Excludes],
+    held: Path,
+    strip_components: int = 0,
 ) -> Extracted:
     """Extract the untrusted model archive into the empty directory dest.
+
+    strip_components leading components of each member's name (and of a hard
+    link's target) are dropped, as tar --strip-components does; a member left
+    with no name is skipped.
 
     The archive must have stamp (as check_is_tar found it) before and after
     it is read. It is read once, start to end: its integrity checks (gzip
     CRC-32 and length, bzip2 and xz checks) run on every byte, those after the
     tar end marker included. Excluded files go to held (see _Extractor).
     """
-    extractor = _Extractor(dest, excludes, held)
+    extractor = _Extractor(dest, excludes, held, strip_components)
     corrupt = _bad_data(functools.partial(_corrupt, archive))
     fd = _open_regular(os.fspath(archive), stamp)
     with open(fd, "rb", buffering=0) as raw, corrupt, _ReadAhead(_decompressed(raw)) as stream:
@@ -3208,7 +3243,11 @@ def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
 
 
 def _stage_inputs(
-    inputs: Inputs, staging: Path, excludes: Excludes, make_member: Normalized
+    inputs: Inputs,
+    staging: Path,
+    excludes: Excludes,
+    make_member: Normalized,
+    strip_components: int,
 ) -> List[Member]:
     """The package's members, sorted by name: the model at the root, code/ and calibration/."""
     archive = inputs.archive
@@ -3219,7 +3258,12 @@ def _stage_inputs(
         model_root.mkdir()
         with _phase("extract") as phase, _os_errors("extracting the model archive", model_root):
             done = extract_archive(
-                archive, inputs.archive_stamp, model_root, excludes, staging / "excluded"
+                archive,
+                inputs.archive_stamp,
+                model_root,
+                excludes,
+                staging / "excluded",
+                strip_components,
             )
             phase.amount = _human(done.size)
     else:
@@ -3289,8 +3333,10 @@ def _files_by_part(members: List[Member]) -> Dict[str, List[Member]]:
     return parts
 
 
-def _check_and_log_members(members: List[Member], loose_model: bool) -> None:
-    """Refuse a package without a model; count what goes in; flag archives packaged as files."""
+def _check_and_log_members(
+    members: List[Member], inputs: "Inputs", entry_point: Optional[str]
+) -> None:
+    """Refuse a package without a model; count what goes in; check the layout."""
     parts = _files_by_part(members)
     model = parts["model"]
     if not model:
@@ -3299,7 +3345,8 @@ def _check_and_log_members(members: List[Member], loose_model: bool) -> None:
         )
     for name, files in parts.items():
         log.info("%s files: %d, %s", name, len(files), _human(sum(m.size for m in files)))
-    if loose_model:
+    _check_layout(parts, inputs, entry_point)
+    if inputs.archive is None:
         for member in model:
             if member.name.endswith(ARCHIVE_SUFFIXES):
                 log.warning(
@@ -3311,6 +3358,128 @@ def _check_and_log_members(members: List[Member], loose_model: bool) -> None:
     if log.isEnabledFor(logging.DEBUG):
         for member in members:
             log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
+
+
+# Layout: the mistakes that make a package no endpoint can serve, found before anything is
+# written. Hosting extracts the package into /opt/ml/model and runs code/<entry point>.
+
+
+def _check_entry_point(entry_point: str) -> None:
+    """The entry point must be a relative .py path inside code/."""
+    parts = entry_point.split("/")
+    if (
+        entry_point.startswith("/")
+        or ".." in parts
+        or "" in parts
+        or not entry_point.endswith(".py")
+    ):
+        raise PackagingError(
+            f"--entry-point {entry_point!r} is not a relative .py path inside code/; "
+            f"give one such as {DEFAULT_ENTRY_POINT} or serve/handler.py"
+        )
+
+
+def _check_layout(
+    parts: Dict[str, List[Member]], inputs: "Inputs", entry_point: Optional[str]
+) -> None:
+    """Refuse or flag the layouts that break endpoints: see each check's message."""
+    model, code = parts["model"], parts[CODE_DIR]
+    if inputs.archive is None:
+        _check_not_only_archives(model, inputs.model)
+        _check_not_swapped_by_content(model, code, inputs)
+    _warn_one_top_folder(model, inputs)
+    if code:
+        _check_entry_point_present(code, entry_point)
+
+
+def _check_not_only_archives(model: List[Member], model_dir: Path) -> None:
+    """A loose model of archives alone (model-v1.tar.gz, model.zip) has no model to serve."""
+    if not all(member.name.endswith(ARCHIVE_SUFFIXES) for member in model):
+        return
+    names = ", ".join(member.name for member in model[:5])
+    advice = f"name the one to package with --model-dir {model_dir}/NAME.tar.gz"
+    if any(member.name.endswith(".zip") for member in model):
+        advice += f"; a zip archive must be repacked: {REPACK}"
+    raise PackagingError(
+        f"the model input {model_dir} holds only archives ({names}) and no "
+        f"{MODEL_ARCHIVE_NAME}: they would ship as files, not as a model; {advice}"
+    )
+
+
+def _is_code(name: str) -> bool:
+    base = name.rpartition("/")[2]
+    return base.endswith(CODE_SUFFIXES) or base in CODE_NAMES
+
+
+def _is_model_file(member: Member) -> bool:
+    """A model file by its extension, or by its content: binary bytes in its first block."""
+    if member.name.endswith(WEIGHT_SUFFIXES):
+        return True
+    if _is_code(member.name) or not member.size:
+        return False
+    with open(member.path, "rb") as file:
+        return b"\0" in file.read(BINARY_PROBE_SIZE)
+
+
+def _check_not_swapped_by_content(
+    model: List[Member], code: List[Member], inputs: "Inputs"
+) -> None:
+    """Refuse loose inputs that look swapped: code alone for the model, model files for code.
+
+    A model that holds a .py beside its weights (a Hugging Face custom model)
+    holds more than code, and passes.
+    """
+    if not code or not all(_is_code(member.name) for member in model):
+        return
+    probed = [member for member in code if not _is_code(member.name)][:MAX_BINARY_PROBES]
+    found = next((member for member in probed if _is_model_file(member)), None)
+    if found is not None:
+        raise PackagingError(
+            f"the model input {inputs.model} holds only code and the script input "
+            f"{inputs.script} holds model files ({found.name[len(CODE_DIR) + 1 :]}): "
+            "are --model-dir and --script-dir swapped? The model goes in --model-dir, the "
+            "inference code in --script-dir"
+        )
+
+
+def _warn_one_top_folder(model: List[Member], inputs: "Inputs") -> None:
+    """Warn when every model file is under one top folder (tar -czf m.tar.gz model/ does that)."""
+    tops = {member.name.partition("/")[0] for member in model}
+    if len(tops) != 1 or any("/" not in member.name for member in model):
+        return
+    folder = tops.pop()
+    fix = (
+        "pass --strip-components 1"
+        if inputs.archive is not None
+        else f"pass --model-dir {inputs.model / folder}"
+    )
+    log.warning(
+        "every model file is under one folder, %s/: SageMaker extracts the package into %s, "
+        "so they land in %s/%s/..., where model_fn does not usually look; %s to put them at "
+        "the package's root",
+        folder,
+        HOSTING_MODEL_DIR,
+        HOSTING_MODEL_DIR,
+        folder,
+        fix,
+    )
+
+
+def _check_entry_point_present(code: List[Member], entry_point: Optional[str]) -> None:
+    """The entry point must be in code/: an explicit one fails the job, the default warns."""
+    name = entry_point or DEFAULT_ENTRY_POINT
+    if any(member.name == f"{CODE_DIR}/{name}" for member in code):
+        return
+    top = [m.name[len(CODE_DIR) + 1 :] for m in code]
+    candidates = [n for n in top if "/" not in n and n.endswith(".py")][:5]
+    found = f" (the .py files at its top: {', '.join(candidates)})" if candidates else ""
+    message = (
+        f"code/ has no {name}, the entry point that SAGEMAKER_PROGRAM names{found}: the "
+        f"endpoint would not start"
+    )
+    if entry_point is not None:
+        raise PackagingError(f"{message}; fix --entry-point, or add {name} to the script input")
+    log.warning("%s; add %s to the script input, or pass --entry-point NAME", message, name)
 
 
 def _scanned(loose_model: bool) -> Callable[[str], bool]:
@@ -3351,6 +3520,17 @@ def _write_and_verify(
     return final, digest, final.stat().st_size
 
 
+def _check_strip_components(count: int, inputs: Inputs) -> None:
+    """--strip-components is for a model archive; a loose model names its folder instead."""
+    if count < 0:
+        raise PackagingError(f"--strip-components must be 0 or more, not {count}")
+    if count and inputs.archive is None:
+        raise PackagingError(
+            f"--strip-components applies to a model archive, and {inputs.model} holds loose "
+            "files: to package what is inside one of its folders, pass --model-dir <folder>"
+        )
+
+
 def _check_local(option: str, value: Union[str, Path, None]) -> None:
     """Refuse an S3 URI where a local path goes (Path() would make s3://b/k into s3:/b/k)."""
     if isinstance(value, str) and value[:5].lower() == "s3://":
@@ -3376,6 +3556,8 @@ def package(
     allow_secrets: bool = False,
     keep_mtimes: bool = False,
     adaptive: bool = True,
+    entry_point: Optional[str] = None,
+    strip_components: int = 0,
 ) -> Path:
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
@@ -3385,7 +3567,9 @@ def package(
     calibration or a loose model fail the job unless allow_secrets. Raises
     PackagingError, with a message that says what to do, on any failure;
     nothing partial is left behind, and nothing is created before the inputs
-    pass their checks.
+    pass their checks. entry_point is the .py under code/ that SAGEMAKER_PROGRAM
+    names (None: inference.py, whose absence only warns); strip_components
+    drops that many leading components of each member name of a model archive.
     """
     started = time.monotonic()
     log.info("mims_package %s on Python %s", __version__, sys.version.split()[0])
@@ -3411,8 +3595,11 @@ def package(
     threads = threads or available_cpus()
     if threads < 1:
         raise PackagingError(f"threads must be at least 1, not {threads}")
+    if entry_point is not None:
+        _check_entry_point(entry_point)
     patterns = Excludes(DEFAULT_EXCLUDES if excludes is None else excludes)
     inputs = Inputs(model, script, calibration)
+    _check_strip_components(strip_components, inputs)
     _log_inputs(inputs)
     explicit_work = Path(work_dir) if work_dir is not None else None
     _check_outside_inputs("output", output, inputs.paths())
@@ -3429,8 +3616,8 @@ def package(
         )
         with _staging_dir(work) as staging:
             normalized = Normalized(source_date_epoch, keep_mtimes)
-            members = _stage_inputs(inputs, staging, patterns, normalized)
-            _check_and_log_members(members, loose_model=inputs.archive is None)
+            members = _stage_inputs(inputs, staging, patterns, normalized, strip_components)
+            _check_and_log_members(members, inputs, entry_point)
             credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
             credentials.names(members)
             final, digest, size = _write_and_verify(
@@ -3447,6 +3634,13 @@ def package(
         size / bytes_in if bytes_in else 1.0,
         seconds,
         bytes_in / seconds / 1e6,
+        digest,
+    )
+    log.info(
+        "verified: %s holds %d members, %s, sha256 %s",
+        final.resolve(),
+        len(members),
+        _human(size),
         digest,
     )
     return final
@@ -3550,8 +3744,9 @@ def main(
     output_dir, or packaged_model). A key left out means the contract's path;
     an unknown key fails. environ_vars may set SOURCE_DATE_EPOCH and
     WORKING_DIRECTORY; job_args may set work_dir, compression_level, threads,
-    exclude, no_default_excludes, allow_secrets, keep_mtimes and no_adaptive,
-    as the command line does. Raises PackagingError on failure, after reporting it.
+    exclude, no_default_excludes, allow_secrets, keep_mtimes, no_adaptive,
+    entry_point and strip_components, as the command line does. Raises
+    PackagingError on failure, after reporting it.
     """
     _show_logs_by_default()
     try:
@@ -3573,6 +3768,8 @@ def main(
             allow_secrets=getattr(job_args, "allow_secrets", False),
             keep_mtimes=getattr(job_args, "keep_mtimes", False),
             adaptive=not getattr(job_args, "no_adaptive", False),
+            entry_point=getattr(job_args, "entry_point", None),
+            strip_components=getattr(job_args, "strip_components", 0),
         )
     except PackagingError as exc:
         _report_failure(str(exc))
@@ -3654,6 +3851,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="compression threads; default: the CPUs this process may use "
         "(affinity and cgroup quota). The package bytes do not depend on it",
+    )
+    parser.add_argument(
+        "--entry-point",
+        default=None,
+        metavar="NAME",
+        help=f"the .py under code/ that SAGEMAKER_PROGRAM names (default {DEFAULT_ENTRY_POINT}, "
+        "whose absence warns); given explicitly, its absence fails the job",
+    )
+    parser.add_argument(
+        "--strip-components",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop the first N components of each member name of the model archive (after a "
+        "leading ./), as GNU tar's option: 1 turns model/x into x",
     )
     parser.add_argument(
         "--exclude",

@@ -40,6 +40,7 @@ CLEANUP = ["tests/test_faults.py", "tests/test_signals.py", "tests/test_inputs.p
 FAILURES = ["tests/test_contract.py", "tests/test_faults.py", "tests/test_container.py"]
 READER = ["tests/test_tar_reader.py", "tests/test_integrity.py", "tests/test_security.py"]
 COMPAT = ["tests/test_tar_compat.py", "tests/test_tar_reader.py"]
+LAYOUT = ["tests/test_layout.py", "tests/test_inputs.py"]
 SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
 
 
@@ -721,6 +722,57 @@ MUTANTS = [
         "early: the output dir's writability not checked first",
         [("        _check_writable(output_dir)\n", "")],
         ["tests/test_faults.py"],
+    ),
+    # Layout: the mistakes that break endpoints.
+    Mutant(
+        "layout: one top folder not flagged",
+        [
+            (
+                '    if len(tops) != 1 or any("/" not in member.name for member in model):',
+                "    if True:",
+            )
+        ],
+        LAYOUT,
+    ),
+    Mutant(
+        "layout: --strip-components strips nothing",
+        [('        return "/".join(pieces[self.strip_components :])', "        return name")],
+        LAYOUT,
+    ),
+    Mutant(
+        "layout: hard link targets not stripped",
+        [
+            (
+                "self._walk(self._stripped(member.linkname), member.name)",
+                "self._walk(member.linkname, member.name)",
+            )
+        ],
+        LAYOUT,
+    ),
+    Mutant(
+        "layout: a missing explicit entry point only warns",
+        [("    if entry_point is not None:\n        raise", "    if False:\n        raise")],
+        LAYOUT,
+    ),
+    Mutant(
+        "layout: entry points outside code/ accepted",
+        [('        entry_point.startswith("/")\n        or ".." in parts\n', "        False\n")],
+        LAYOUT,
+    ),
+    Mutant(
+        "layout: swapped loose inputs not checked",
+        [("    if found is not None:\n", "    if False:\n")],
+        LAYOUT,
+    ),
+    Mutant(
+        "layout: a model of archives alone ships",
+        [
+            (
+                "    if not all(member.name.endswith(ARCHIVE_SUFFIXES) for member in model):",
+                "    if True:",
+            )
+        ],
+        LAYOUT,
     ),
     Mutant(
         "adaptive: a tie goes to Huffman",

@@ -54,14 +54,14 @@ def test_an_archive_under_another_name_is_packaged_as_a_file_with_a_warning(
     job: Job, name: str
 ) -> None:
     archive = archive_tree(write_tree(job.tmp / "trained", MODEL), job.tmp / "a.tar.gz")
-    write_tree(job.model, {name: archive.read_bytes()})
+    write_tree(job.model, {name: archive.read_bytes(), "weights.bin": b"w"})
     result = job.cli()
     assert result.returncode == 0, result.stdout
     warnings = [line for line in result.stdout.splitlines() if "like an archive" in line]
     assert len(warnings) == 1 and " WARNING " in warnings[0]
     assert f"holds {name}, which looks like an archive" in warnings[0]
     assert "packaged as a file, not extracted" in warnings[0]
-    assert set(files_of(job.package)) == {name}
+    assert set(files_of(job.package)) == {name, "weights.bin"}
 
 
 def test_model_archive_in_the_script_dir_asks_whether_they_are_swapped(job: Job) -> None:

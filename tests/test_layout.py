@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Job, archive_tree, assert_refused, files_of, read_package, write_tree
+from conftest import (
+    Job,
+    archive_tree,
+    assert_refused,
+    files_of,
+    make_archive,
+    read_package,
+    tar_member,
+    write_tree,
+)
 
 import mims_package
 
@@ -225,3 +236,125 @@ def test_inputs_are_never_modified(job: Job) -> None:
     } == snapshot
     shutil.rmtree(job.output)
     assert all(p.exists() for p in snapshot)
+
+
+# Layouts that pass every integrity check but that no endpoint can serve.
+
+
+def warnings_in(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " WARNING " in line]
+
+
+@pytest.mark.parametrize("dot_slash", [False, True], ids=["model/", "./model/"])
+def test_one_top_folder_in_an_archive_warns_and_strip_components_fixes_it(
+    job: Job, dot_slash: bool
+) -> None:
+    trained = write_tree(job.tmp / "trained", {"model/xgboost_model.bst": b"b"})
+    archive = job.model / "model.tar.gz"
+    archive.parent.mkdir(parents=True)
+    prefix = ["-C", str(trained), "./model" if dot_slash else "model"]
+    subprocess.run(["tar", "-czf", str(archive), *prefix], check=True)
+    write_tree(job.script, {"inference.py": ""})
+    result = job.cli()
+    assert result.returncode == 0, result.stdout
+    (warning,) = warnings_in(result.stdout)
+    assert "every model file is under one folder, model/" in warning
+    assert "/opt/ml/model/model/..." in warning and "--strip-components 1" in warning
+    fixed = job.cli("--strip-components", "1")
+    assert fixed.returncode == 0 and warnings_in(fixed.stdout) == [], fixed.stdout
+    assert set(files_of(job.package)) == {"xgboost_model.bst", "code/inference.py"}
+
+
+def test_one_top_folder_in_a_loose_model_names_the_folder_to_pass(job: Job) -> None:
+    write_tree(job.model, {"model/weights.bin": b"w"})
+    write_tree(job.script, {"inference.py": ""})
+    result = job.cli()
+    (warning,) = warnings_in(result.stdout)
+    assert f"pass --model-dir {job.model / 'model'}" in warning
+    job.package.unlink()
+    assert_refused(job.cli("--strip-components", "1"), job, "pass --model-dir <folder>")
+
+
+def test_strip_components_strips_hard_link_targets_too(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [
+            tar_member("run/a.bin", b"a"),
+            tar_member("run/b.bin", type=tarfile.LNKTYPE, linkname="run/a.bin"),
+        ],
+    )
+    write_tree(job.script, {"inference.py": ""})
+    job.main(strip_components=1)
+    assert files_of(job.package) == {"a.bin": b"a", "b.bin": b"a", "code/inference.py": b""}
+
+
+def test_code_without_the_entry_point_warns_naming_the_py_files_at_its_top(job: Job) -> None:
+    write_tree(job.model, {"weights.bin": b"w"})
+    write_tree(job.script, {f"m{i}.py": "" for i in range(7)} | {"lib/util.py": ""})
+    result = job.cli()
+    assert result.returncode == 0, result.stdout
+    (warning,) = warnings_in(result.stdout)
+    assert "code/ has no inference.py" in warning
+    assert "(the .py files at its top: m0.py, m1.py, m2.py, m3.py, m4.py)" in warning
+
+
+def test_an_explicit_entry_point_must_be_there(job: Job) -> None:
+    write_tree(job.model, {"weights.bin": b"w"})
+    write_tree(job.script, {"serve/handler.py": ""})
+    assert_refused(job.cli("--entry-point", "handler.py"), job, "code/ has no handler.py")
+    result = job.cli("--entry-point", "serve/handler.py")
+    assert result.returncode == 0 and warnings_in(result.stdout) == [], result.stdout
+
+
+@pytest.mark.parametrize("name", ["../inference.py", "/abs/inference.py", "inference.txt", ""])
+def test_an_entry_point_outside_code_or_not_python_is_refused(job: Job, name: str) -> None:
+    write_tree(job.model, {"weights.bin": b"w"})
+    assert_refused(job.cli("--entry-point", name), job, "is not a relative .py path inside code/")
+
+
+def test_swapped_loose_inputs_are_refused(job: Job) -> None:
+    write_tree(job.model, {"inference.py": "", "requirements.txt": "xgboost\n"})
+    write_tree(job.script, {"xgboost_model.bst": b"booster", "vocab": b"\x00\x01binary"})
+    assert_refused(job.cli(), job, "are --model-dir and --script-dir swapped?")
+
+
+def test_swapped_inputs_are_found_by_binary_content_too(job: Job) -> None:
+    write_tree(job.model, {"inference.py": ""})
+    write_tree(job.script, {"weights": b"\x00\x01\x02binary"})
+    assert_refused(job.cli(), job, "holds model files (weights)", "swapped?")
+
+
+def test_a_model_with_code_beside_its_weights_is_not_taken_for_swapped(job: Job) -> None:
+    # A Hugging Face custom model: modeling code beside its weights.
+    write_tree(job.model, {"modeling_custom.py": "", "model.safetensors": b"\x00w"})
+    write_tree(job.script, {"inference.py": "", "tokenizer.bin": b"\x00t"})
+    result = job.cli()
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("names", "needles"),
+    [
+        (
+            ["model-v1.tar.gz", "model-v2.tar.gz"],
+            ["holds only archives (model-v1.tar.gz, model-v2.tar.gz)", "/NAME.tar.gz"],
+        ),
+        (["model.zip"], ["holds only archives (model.zip)", "tar -czf model.tar.gz"]),
+    ],
+    ids=["two-tarballs", "zip"],
+)
+def test_a_model_of_archives_alone_is_refused(
+    job: Job, names: list[str], needles: list[str]
+) -> None:
+    write_tree(job.model, {name: b"PK\x03\x04 or gzip" for name in names})
+    assert_refused(job.cli(), job, *needles)
+
+
+def test_a_run_ends_with_one_line_that_says_the_package_was_verified(job: Job) -> None:
+    write_tree(job.model, {"weights.bin": b"w"})
+    write_tree(job.script, {"inference.py": ""})
+    result = job.cli()
+    last = result.stdout.splitlines()[-1]
+    digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
+    assert f" INFO verified: {job.package.resolve()} holds 3 members" in last
+    assert last.endswith(f"sha256 {digest}")
