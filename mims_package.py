@@ -107,6 +107,7 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
     TypeVar,
     Union,
@@ -644,9 +645,11 @@ def _open_regular(path: str, stamp: Optional[int], dir_fd: Optional[int] = None)
         fd = os.open(
             path if dir_fd is None else path.rpartition("/")[2], _OPEN_FLAGS, dir_fd=dir_fd
         )
-    except (FileNotFoundError, NotADirectoryError):
-        raise _changed(path, "(it was removed) while being packaged") from None
     except OSError as exc:
+        if stamp is None:  # not planned: the caller explains the error as it is
+            raise
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise _changed(path, "(it was removed) while being packaged") from None
         if exc.errno != errno.ELOOP:
             raise
         raise _changed(path, "(it was replaced by a symlink) while being packaged") from None
@@ -802,7 +805,7 @@ def find_model_archive(model: Path) -> Optional[Path]:
     Anything beside model.tar.gz is ignored, with a warning naming it.
     """
     if model.is_file():
-        return model
+        return model.resolve()  # opened without following a symlink: the file it names
     if not model.is_dir():
         what = "does not exist" if not os.path.lexists(model) else "is not a directory or a file"
         raise PackagingError(
@@ -1534,11 +1537,21 @@ def _compression(head: bytes) -> Optional[str]:
     return next((name for magic, name in COMPRESSIONS if head.startswith(magic)), None)
 
 
-def _decompressed(raw: IO[bytes]) -> "_Readable":
-    """The decoder that raw's first bytes call for; plain tar passes through."""
+def _sniffed(raw: IO[bytes]) -> Optional[str]:
+    """The compression raw's first bytes show (None: plain tar); raw is left at its start."""
     compression = _compression(raw.read(BLOCK_SIZE))
     raw.seek(0)
-    return raw if compression is None else _Decoder(raw, compression)
+    return compression
+
+
+def _decoding(stream: "_Readable", compression: Optional[str]) -> "_Readable":
+    """stream decoded as compression says; plain tar passes through."""
+    return stream if compression is None else _Decoder(stream, compression)
+
+
+def _decompressed(raw: IO[bytes]) -> "_Readable":
+    """The decoder that raw's first bytes call for; plain tar passes through."""
+    return _decoding(raw, _sniffed(raw))
 
 
 def _read_up_to(stream: "_Readable", size: int) -> bytes:
@@ -2331,6 +2344,140 @@ class CredentialCheck:
         )
 
 
+# Layout: the mistakes that make a package no endpoint can serve, found before anything is
+# written. Hosting extracts the package into /opt/ml/model and runs code/<entry point>.
+
+
+def _check_entry_point(entry_point: str) -> None:
+    """The entry point must be a relative .py path inside code/."""
+    parts = entry_point.split("/")
+    if (
+        entry_point.startswith("/")
+        or ".." in parts
+        or "" in parts
+        or not entry_point.endswith(".py")
+    ):
+        raise PackagingError(
+            f"--entry-point {entry_point!r} is not a relative .py path inside code/; "
+            f"give one such as {DEFAULT_ENTRY_POINT} or serve/handler.py"
+        )
+
+
+def _check_layout(
+    parts: Dict[str, List[Member]], inputs: "Inputs", entry_point: Optional[str]
+) -> None:
+    """Refuse or flag the layouts that break endpoints: see each check's message."""
+    model, code = parts["model"], parts[CODE_DIR]
+    if inputs.archive is None:
+        _check_not_only_archives(model, inputs.model)
+        _check_not_swapped_by_content(model, code, inputs)
+    _warn_one_top_folder(model, inputs)
+    if code:
+        _check_entry_point_present(code, entry_point)
+
+
+def _check_not_only_archives(model: List[Member], model_dir: Path) -> None:
+    """A loose model of archives alone (model-v1.tar.gz, model.zip) has no model to serve."""
+    if not all(member.name.endswith(ARCHIVE_SUFFIXES) for member in model):
+        return
+    names = ", ".join(member.name for member in model[:5])
+    advice = f"name the one to package with --model-dir {model_dir}/NAME.tar.gz"
+    if any(member.name.endswith(".zip") for member in model):
+        advice += f"; a zip archive must be repacked: {REPACK}"
+    raise PackagingError(
+        f"the model input {model_dir} holds only archives ({names}) and no "
+        f"{MODEL_ARCHIVE_NAME}: they would ship as files, not as a model; {advice}"
+    )
+
+
+def _is_code(name: str) -> bool:
+    base = name.rpartition("/")[2]
+    return base.endswith(CODE_SUFFIXES) or base in CODE_NAMES
+
+
+def _is_model_file(member: Member) -> bool:
+    """A model file by its extension, or by its content: binary bytes in its first block."""
+    if member.name.endswith(WEIGHT_SUFFIXES):
+        return True
+    if _is_code(member.name) or not member.size:
+        return False
+    with open(member.path, "rb") as file:
+        return b"\0" in file.read(BINARY_PROBE_SIZE)
+
+
+def _check_not_swapped_by_content(
+    model: List[Member], code: List[Member], inputs: "Inputs"
+) -> None:
+    """Refuse loose inputs that look swapped: code alone for the model, model files for code.
+
+    A model that holds a .py beside its weights (a Hugging Face custom model)
+    holds more than code, and passes.
+    """
+    if not code or not all(_is_code(member.name) for member in model):
+        return
+    probed = [member for member in code if not _is_code(member.name)][:MAX_BINARY_PROBES]
+    found = next((member for member in probed if _is_model_file(member)), None)
+    if found is not None:
+        raise PackagingError(
+            f"the model input {inputs.model} holds only code and the script input "
+            f"{inputs.script} holds model files ({found.name[len(CODE_DIR) + 1 :]}): "
+            "are --model-dir and --script-dir swapped? The model goes in --model-dir, the "
+            "inference code in --script-dir"
+        )
+
+
+def _one_top_folder(model_names: Sequence[str]) -> Optional[str]:
+    """The one folder every model file is under, with nothing beside it, if there is one."""
+    tops = {name.partition("/")[0] for name in model_names}
+    if len(tops) != 1 or any("/" not in name for name in model_names):
+        return None
+    return tops.pop()
+
+
+def _top_folder_message(folder: str, fix: str) -> str:
+    return (
+        f"every model file is under one folder, {folder}/: SageMaker extracts the package "
+        f"into {HOSTING_MODEL_DIR}, so they land in {HOSTING_MODEL_DIR}/{folder}/..., where "
+        f"model_fn does not usually look; {fix} to put them at the package's root"
+    )
+
+
+def _warn_one_top_folder(model: List[Member], inputs: "Inputs") -> None:
+    """Warn when every model file is under one top folder (tar -czf m.tar.gz model/ does that)."""
+    folder = _one_top_folder([member.name for member in model])
+    if folder is None:
+        return
+    fix = (
+        "pass --strip-components 1"
+        if inputs.archive is not None
+        else f"pass --model-dir {inputs.model / folder}"
+    )
+    log.warning("%s", _top_folder_message(folder, fix))
+
+
+def _missing_entry_point(code_names: Sequence[str], name: str) -> Optional[str]:
+    """What is wrong when code/ (names relative to it) lacks the entry point; None if not."""
+    if name in code_names:
+        return None
+    candidates = [n for n in code_names if "/" not in n and n.endswith(".py")][:5]
+    found = f" (the .py files at its top: {', '.join(candidates)})" if candidates else ""
+    return (
+        f"code/ has no {name}, the entry point that SAGEMAKER_PROGRAM names{found}: the "
+        f"endpoint would not start"
+    )
+
+
+def _check_entry_point_present(code: List[Member], entry_point: Optional[str]) -> None:
+    """The entry point must be in code/: an explicit one fails the job, the default warns."""
+    name = entry_point or DEFAULT_ENTRY_POINT
+    message = _missing_entry_point([m.name[len(CODE_DIR) + 1 :] for m in code], name)
+    if message is None:
+        return
+    if entry_point is not None:
+        raise PackagingError(f"{message}; fix --entry-point, or add {name} to the script input")
+    log.warning("%s; add %s to the script input, or pass --entry-point NAME", message, name)
+
+
 # ---------------------------------------------------------------------------
 # The gzip writer: the one seam between the tar stream and the compressed file
 #
@@ -2636,11 +2783,7 @@ def _write_file(
             sink.write(block)
             copied += len(block)
             progress.advance(len(block))
-        if copied != member.size:
-            raise _changed(
-                member.path, f"size while being packaged ({member.size} -> {copied} bytes)"
-            )
-        _check_unchanged(fd, member.path, member.stamp)
+        _check_unchanged(fd, member.path, member.stamp)  # a change of size too
     finally:
         os.close(fd)
     sink.write(_padding(copied))
@@ -3095,6 +3238,198 @@ class _Cancelled(Exception):
 
 
 # ---------------------------------------------------------------------------
+# Checking any package: --verify
+#
+# A package built by anyone (this script, GNU tar, bsdtar, tarfile, a training
+# job) is read once, start to end, with the strict reader and decoder that
+# extraction uses, on the read-ahead thread that extraction uses, and judged
+# as SageMaker hosting will use it: whole (the compressed stream's checks,
+# every header, the end marker, nothing after it), safe (only files and
+# directories, no absolute or ".." names, no setuid or setgid bit, no name
+# twice) and deployable (the layout checks, the junk the default excludes
+# leave out, credentials in code/ and calibration/). Nothing is written.
+
+
+class Finding(NamedTuple):
+    """One verdict of --verify: level PASS, WARN or FAIL, the check, the member if any, why."""
+
+    level: str
+    check: str
+    member: str
+    message: str
+
+
+class PackageCheck(NamedTuple):
+    """What --verify found in a package: its SHA-256, members, bytes and findings."""
+
+    package: str
+    sha256: str
+    members: int
+    bytes: int
+    findings: List[Finding]
+
+    @property
+    def status(self) -> str:
+        """fail if anything FAILs, else warn if anything WARNs, else pass."""
+        levels = {finding.level for finding in self.findings}
+        return "fail" if "FAIL" in levels else "warn" if "WARN" in levels else "pass"
+
+
+class _PackageReview:
+    """The checks --verify makes on each member, and on the layout once all are read."""
+
+    def __init__(self, entry_point: Optional[str]) -> None:
+        self.entry_point = entry_point
+        self.findings: List[Finding] = []
+        self.names: Set[str] = set()
+        self.files: List[str] = []
+        self.excludes = Excludes(DEFAULT_EXCLUDES)
+        self.members = self.bytes = 0
+
+    def add(self, level: str, check: str, member: str, message: str) -> None:
+        self.findings.append(Finding(level, check, member, message))
+
+    def member(self, reader: TarReader, member: TarMember) -> None:
+        """Check one member: what it is, its name and mode, and (code, calibration) its bytes."""
+        self.members += 1
+        self.bytes += member.size
+        name = "/".join(piece for piece in member.name.split("/") if piece not in ("", "."))
+        if member.kind not in ("file", "dir"):
+            what = f"a {member.kind}" + (f" to {member.linkname!r}" if member.linkname else "")
+            self.add(
+                "FAIL",
+                "safety",
+                name,
+                f"is {what}; a package may hold only files and "
+                "directories: package what it points to instead",
+            )
+        if member.name.startswith("/") or ".." in name.split("/"):
+            self.add(
+                "FAIL",
+                "safety",
+                name,
+                "has an absolute or '..' name, which extracts outside /opt/ml/model",
+            )
+        if any(len(piece.encode("utf-8")) > MAX_NAME_BYTES for piece in name.split("/")):
+            self.add("FAIL", "safety", name, f"has a path component over {MAX_NAME_BYTES} bytes")
+        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+            self.add(
+                "FAIL",
+                "safety",
+                name,
+                f"has the setuid or setgid bit (mode {member.mode:o}); repack it with plain modes",
+            )
+        if name in self.names:
+            self.add(
+                "FAIL", "safety", name, "appears twice; which one extracts depends on the tool"
+            )
+        self.names.add(name)
+        is_dir = member.kind == "dir"
+        if name and self.excludes.pattern_for(name, is_dir) is not None:
+            self.add(
+                "WARN",
+                "layout",
+                name,
+                "is what the default excludes leave out (VCS, "
+                "caches, OS litter): repack without it",
+            )
+        if member.kind == "file":
+            self.files.append(name)
+            self._credentials(reader, member, name)
+
+    def _credentials(self, reader: TarReader, member: TarMember, name: str) -> None:
+        if not name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/")):
+            return
+        found = _credential_name(name)
+        if found is None and member.size <= SECRET_SCAN_LIMIT:
+            found = _credential_content(b"".join(reader.data()))
+        if found is not None:
+            self.add(
+                "FAIL",
+                "credentials",
+                name,
+                f"{found}; credentials must not ship in a "
+                "model package: remove the file and repack",
+            )
+
+    def layout(self) -> None:
+        """The layout checks on the package's root and code/, once every member is read."""
+        code = [name[len(CODE_DIR) + 1 :] for name in self.files if name.startswith("code/")]
+        model = [name for name in self.files if not name.startswith(("code/", "calibration/"))]
+        if model and all(name.endswith(ARCHIVE_SUFFIXES) for name in model):
+            self.add(
+                "WARN",
+                "layout",
+                "",
+                "its model files are all archives "
+                f"({', '.join(model[:5])}): hosting does not unpack them; package what "
+                "one of them holds instead",
+            )
+        folder = _one_top_folder(model) if model else None
+        if folder is not None:
+            fix = f"repack it with tar -czf model.tar.gz -C {folder} ."
+            self.add("WARN", "layout", folder + "/", _top_folder_message(folder, fix))
+        if code:
+            name = self.entry_point or DEFAULT_ENTRY_POINT
+            missing = _missing_entry_point(code, name)
+            if missing is not None:
+                level = "FAIL" if self.entry_point is not None else "WARN"
+                self.add(level, "layout", f"{CODE_DIR}/{name}", missing)
+        elif any(_is_code(name) and "/" not in name for name in model):
+            self.add(
+                "WARN",
+                "layout",
+                "",
+                "code at the root and no code/: SageMaker's serving "
+                f"containers run code/{DEFAULT_ENTRY_POINT}; put the code under code/",
+            )
+        if not model:
+            self.add("FAIL", "layout", "", "the package holds no model files")
+
+
+def check_package(
+    path: Union[str, Path], expect_sha256: Optional[str] = None, entry_point: Optional[str] = None
+) -> PackageCheck:
+    """Check any model.tar.gz as SageMaker hosting will use it; write nothing.
+
+    Raises OSError if the file cannot be read (the command line exits 2);
+    everything found in what it holds is a Finding.
+    """
+    review = _PackageReview(entry_point)
+    real = os.path.realpath(path)  # the file a symlink names: it is opened without following
+    with open(_open_regular(real, None), "rb", buffering=0) as raw:
+        compression = _sniffed(raw)
+        hashed = _HashingReader(raw)
+        try:
+            with _bad_data(_undecodable), _ReadAhead(_decoding(hashed, compression)) as stream:
+                reader = TarReader(stream)
+                for member in reader.members():
+                    _check_stop()
+                    review.member(reader, member)
+        except PackagingError as exc:
+            review.add("FAIL", "integrity", "", str(exc))
+        else:
+            whole = f"{compression or 'plain tar'}: every header and the end marker whole"
+            review.add("PASS", "integrity", "", whole)
+            review.layout()
+            for check in ("safety", "credentials", "layout"):
+                if not any(finding.check == check for finding in review.findings):
+                    review.add("PASS", check, "", "nothing found")
+        while hashed.read(IO_BLOCK_SIZE):  # the rest, where reading stopped at a fault
+            pass
+    digest = hashed.sha256.hexdigest()
+    if expect_sha256 is not None:
+        same = expect_sha256.lower() == digest
+        review.add(
+            "PASS" if same else "FAIL",
+            "sha256",
+            "",
+            f"expected {expect_sha256}" + ("" if same else f", found {digest}"),
+        )
+    return PackageCheck(os.fspath(path), digest, review.members, review.bytes, review.findings)
+
+
+# ---------------------------------------------------------------------------
 # The job
 
 
@@ -3358,128 +3693,6 @@ def _check_and_log_members(
     if log.isEnabledFor(logging.DEBUG):
         for member in members:
             log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
-
-
-# Layout: the mistakes that make a package no endpoint can serve, found before anything is
-# written. Hosting extracts the package into /opt/ml/model and runs code/<entry point>.
-
-
-def _check_entry_point(entry_point: str) -> None:
-    """The entry point must be a relative .py path inside code/."""
-    parts = entry_point.split("/")
-    if (
-        entry_point.startswith("/")
-        or ".." in parts
-        or "" in parts
-        or not entry_point.endswith(".py")
-    ):
-        raise PackagingError(
-            f"--entry-point {entry_point!r} is not a relative .py path inside code/; "
-            f"give one such as {DEFAULT_ENTRY_POINT} or serve/handler.py"
-        )
-
-
-def _check_layout(
-    parts: Dict[str, List[Member]], inputs: "Inputs", entry_point: Optional[str]
-) -> None:
-    """Refuse or flag the layouts that break endpoints: see each check's message."""
-    model, code = parts["model"], parts[CODE_DIR]
-    if inputs.archive is None:
-        _check_not_only_archives(model, inputs.model)
-        _check_not_swapped_by_content(model, code, inputs)
-    _warn_one_top_folder(model, inputs)
-    if code:
-        _check_entry_point_present(code, entry_point)
-
-
-def _check_not_only_archives(model: List[Member], model_dir: Path) -> None:
-    """A loose model of archives alone (model-v1.tar.gz, model.zip) has no model to serve."""
-    if not all(member.name.endswith(ARCHIVE_SUFFIXES) for member in model):
-        return
-    names = ", ".join(member.name for member in model[:5])
-    advice = f"name the one to package with --model-dir {model_dir}/NAME.tar.gz"
-    if any(member.name.endswith(".zip") for member in model):
-        advice += f"; a zip archive must be repacked: {REPACK}"
-    raise PackagingError(
-        f"the model input {model_dir} holds only archives ({names}) and no "
-        f"{MODEL_ARCHIVE_NAME}: they would ship as files, not as a model; {advice}"
-    )
-
-
-def _is_code(name: str) -> bool:
-    base = name.rpartition("/")[2]
-    return base.endswith(CODE_SUFFIXES) or base in CODE_NAMES
-
-
-def _is_model_file(member: Member) -> bool:
-    """A model file by its extension, or by its content: binary bytes in its first block."""
-    if member.name.endswith(WEIGHT_SUFFIXES):
-        return True
-    if _is_code(member.name) or not member.size:
-        return False
-    with open(member.path, "rb") as file:
-        return b"\0" in file.read(BINARY_PROBE_SIZE)
-
-
-def _check_not_swapped_by_content(
-    model: List[Member], code: List[Member], inputs: "Inputs"
-) -> None:
-    """Refuse loose inputs that look swapped: code alone for the model, model files for code.
-
-    A model that holds a .py beside its weights (a Hugging Face custom model)
-    holds more than code, and passes.
-    """
-    if not code or not all(_is_code(member.name) for member in model):
-        return
-    probed = [member for member in code if not _is_code(member.name)][:MAX_BINARY_PROBES]
-    found = next((member for member in probed if _is_model_file(member)), None)
-    if found is not None:
-        raise PackagingError(
-            f"the model input {inputs.model} holds only code and the script input "
-            f"{inputs.script} holds model files ({found.name[len(CODE_DIR) + 1 :]}): "
-            "are --model-dir and --script-dir swapped? The model goes in --model-dir, the "
-            "inference code in --script-dir"
-        )
-
-
-def _warn_one_top_folder(model: List[Member], inputs: "Inputs") -> None:
-    """Warn when every model file is under one top folder (tar -czf m.tar.gz model/ does that)."""
-    tops = {member.name.partition("/")[0] for member in model}
-    if len(tops) != 1 or any("/" not in member.name for member in model):
-        return
-    folder = tops.pop()
-    fix = (
-        "pass --strip-components 1"
-        if inputs.archive is not None
-        else f"pass --model-dir {inputs.model / folder}"
-    )
-    log.warning(
-        "every model file is under one folder, %s/: SageMaker extracts the package into %s, "
-        "so they land in %s/%s/..., where model_fn does not usually look; %s to put them at "
-        "the package's root",
-        folder,
-        HOSTING_MODEL_DIR,
-        HOSTING_MODEL_DIR,
-        folder,
-        fix,
-    )
-
-
-def _check_entry_point_present(code: List[Member], entry_point: Optional[str]) -> None:
-    """The entry point must be in code/: an explicit one fails the job, the default warns."""
-    name = entry_point or DEFAULT_ENTRY_POINT
-    if any(member.name == f"{CODE_DIR}/{name}" for member in code):
-        return
-    top = [m.name[len(CODE_DIR) + 1 :] for m in code]
-    candidates = [n for n in top if "/" not in n and n.endswith(".py")][:5]
-    found = f" (the .py files at its top: {', '.join(candidates)})" if candidates else ""
-    message = (
-        f"code/ has no {name}, the entry point that SAGEMAKER_PROGRAM names{found}: the "
-        f"endpoint would not start"
-    )
-    if entry_point is not None:
-        raise PackagingError(f"{message}; fix --entry-point, or add {name} to the script input")
-    log.warning("%s; add %s to the script input, or pass --entry-point NAME", message, name)
 
 
 def _scanned(loose_model: bool) -> Callable[[str], bool]:
@@ -3900,7 +4113,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--print-contract", action="store_true", help="print the script contract as JSON and exit"
     )
+    checking = parser.add_argument_group("checking a package (writes nothing)")
+    checking.add_argument(
+        "--verify",
+        metavar="PACKAGE",
+        help="check any model.tar.gz (whole, safe, deployable): one PASS, WARN or FAIL line a "
+        "finding, then a summary; exit 1 if anything FAILs, 2 if it cannot be read",
+    )
+    checking.add_argument(
+        "--expect-sha256",
+        type=_sha256_hex,
+        metavar="HEX",
+        help="with --verify: the package's SHA-256 must be this",
+    )
+    checking.add_argument(
+        "--json",
+        action="store_true",
+        help="with --verify: print one JSON object (logs go to standard error)",
+    )
     return parser
+
+
+def _sha256_hex(text: str) -> str:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        raise argparse.ArgumentTypeError(f"must be 64 hex digits, not {text!r}")
+    return text.lower()
 
 
 def _positive_int(text: str) -> int:
@@ -3913,6 +4150,40 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _verify_command(args: argparse.Namespace) -> int:
+    """--verify: check the package, print the findings (or one JSON object); the exit code."""
+    logging.basicConfig(
+        stream=sys.stderr if args.json else sys.stdout, level=args.log_level, format=LOG_FORMAT
+    )
+    try:
+        with _stop_on_signals():
+            result = check_package(args.verify, args.expect_sha256, args.entry_point)
+    except (OSError, PackagingError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        log.error("cannot read %s: %s; give the path of a model.tar.gz", args.verify, reason)
+        return 2
+    if args.json:
+        report = {**result._asdict(), "status": result.status}
+        report["findings"] = [finding._asdict() for finding in result.findings]
+        print(json.dumps(report, indent=2), flush=True)
+    else:
+        for finding in result.findings:
+            where = f"{finding.member}: " if finding.member else ""
+            print(_escape(f"{finding.level} {finding.check}: {where}{finding.message}"))
+        counts = {
+            level: sum(f.level == level for f in result.findings) for level in ("FAIL", "WARN")
+        }
+        print(
+            _escape(
+                f"summary: {result.status.upper()} {result.package}: {result.members} members, "
+                f"{_human(result.bytes)}, sha256 {result.sha256}; {counts['FAIL']} FAIL, "
+                f"{counts['WARN']} WARN"
+            ),
+            flush=True,
+        )
+    return 1 if result.status == "fail" else 0
+
+
 def cli(argv: Optional[List[str]] = None) -> int:
     """Run the job from the command line; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -3922,6 +4193,10 @@ def cli(argv: Optional[List[str]] = None) -> int:
         except BrokenPipeError:  # the reader (say, head) closed the pipe: nothing is wrong
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    if args.verify is not None:
+        return _verify_command(args)
+    if args.expect_sha256 is not None or args.json:
+        build_parser().error("--expect-sha256 and --json go with --verify PACKAGE")
     logging.basicConfig(stream=sys.stdout, level=args.log_level, format=LOG_FORMAT)
     environ = {name: os.environ[name] for name in OPTIONAL_ENV_VARS if name in os.environ}
     try:

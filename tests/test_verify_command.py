@@ -1,0 +1,214 @@
+"""--verify: any package, from any tool, checked as hosting will use it; nothing is written."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import Job, run_cli, write_tree
+
+KEYS = (
+    b"key = '"
+    + b"AKIA"
+    + b"Q3EGRXLWZ7N5TUHY' secret = '"
+    + b"tG3k+f9Qw/x7LmN2pR4sV6uY8zA1bC3dE5fH7jK9'\n"
+)
+GOOD = {"xgboost_model.bst": b"booster", "code/inference.py": "def model_fn(d): pass\n"}
+
+
+def tar_with(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def info(name: str, data: bytes = b"", **attrs: object) -> tuple[tarfile.TarInfo, bytes]:
+    member = tarfile.TarInfo(name)
+    member.size, member.mode = len(data), 0o644
+    for key, value in attrs.items():
+        setattr(member, key, value)
+    return member, data
+
+
+def verify(package: Path, *extra: object) -> tuple[int, list[str]]:
+    result = run_cli("--verify", package, *extra)
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.returncode, result.stdout.splitlines()
+
+
+def lines_at(level: str, lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith(level + " ")]
+
+
+def packaged_by(tool: str, tmp: Path) -> Path:
+    tree = write_tree(tmp / "tree", GOOD)
+    out = tmp / f"{tool}.tar.gz"
+    commands = {
+        "gnu": ["tar", "--format=gnu", "-czf", str(out), "-C", str(tree), "."],
+        "posix": ["tar", "--format=posix", "-czf", str(out), "-C", str(tree), "."],
+        "ustar": ["tar", "--format=ustar", "-czf", str(out), "-C", str(tree), "."],
+        "bsdtar": ["bsdtar", "-czf", str(out), "-C", str(tree), "."],
+    }
+    if tool == "tarfile":
+        with tarfile.open(out, "w:gz") as tar:
+            for name in sorted(os.listdir(tree)):
+                tar.add(tree / name, arcname=name)
+    else:
+        if shutil.which(commands[tool][0]) is None:
+            pytest.skip(f"{commands[tool][0]} is not on PATH")
+        subprocess.run(commands[tool], check=True)
+    return out
+
+
+@pytest.mark.parametrize("tool", ["gnu", "posix", "ustar", "bsdtar", "tarfile"])
+def test_packages_from_every_tool_pass(tmp_path: Path, tool: str) -> None:
+    code, lines = verify(packaged_by(tool, tmp_path))
+    assert code == 0, lines
+    assert lines_at("FAIL", lines) == [] and lines_at("WARN", lines) == [], lines
+    assert {line.split(":")[0] for line in lines_at("PASS", lines)} == {
+        "PASS integrity",
+        "PASS safety",
+        "PASS credentials",
+        "PASS layout",
+    }
+    assert lines[-1].startswith("summary: PASS ") and "0 FAIL, 0 WARN" in lines[-1]
+
+
+def test_a_package_of_this_script_passes_with_its_own_sha256(job: Job) -> None:
+    write_tree(job.model, {"xgboost_model.bst": b"b"})
+    write_tree(job.script, {"inference.py": ""})
+    job.main()
+    digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
+    code, lines = verify(job.package, "--expect-sha256", digest.upper())
+    assert code == 0 and f"PASS sha256: expected {digest}" in lines
+    code, lines = verify(job.package, "--expect-sha256", "0" * 64)
+    assert code == 1 and lines_at("FAIL", lines)[0].startswith("FAIL sha256: expected 000")
+
+
+UNSAFE = {
+    "symlink": ([info("link", type=tarfile.SYMTYPE, linkname="xgboost_model.bst")], "is a symlink"),
+    "hard-link": ([info("hard", type=tarfile.LNKTYPE, linkname="xgboost_model.bst")], "hardlink"),
+    "fifo": ([info("pipe", type=tarfile.FIFOTYPE)], "is a FIFO"),
+    "device": ([info("dev", type=tarfile.CHRTYPE)], "is a character device"),
+    "dotdot": ([info("../escape.bin", b"x")], "absolute or '..' name"),
+    "absolute": ([info("/abs.bin", b"x")], "absolute or '..' name"),
+    "setuid": ([info("tool.bin", b"x", mode=0o4755)], "setuid or setgid"),
+    "duplicate": ([info("xgboost_model.bst", b"again")], "appears twice"),
+    "credentials-by-name": (
+        [info("code/.env", b"TOKEN=x\n")],
+        "its name marks a credentials file (.env)",
+    ),
+    "credentials-by-content": (
+        [info("code/settings.py", KEYS)],
+        "it holds an AWS access key id with a secret access key",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_what_hosting_would_not_extract_safely_fails(tmp_path: Path, case: str) -> None:
+    members, needle = UNSAFE[case]
+    good = [
+        info(name, data.encode() if isinstance(data, str) else data) for name, data in GOOD.items()
+    ]
+    code, lines = verify(tar_with(tmp_path / "p.tar.gz", [*good, *members]))
+    assert code == 1, lines
+    assert any(needle in line for line in lines_at("FAIL", lines)), lines
+    assert lines[-1].startswith("summary: FAIL ")
+
+
+WARNED = {
+    "one-top-folder": (
+        {"model/xgboost_model.bst": b"b", "code/inference.py": ""},
+        "every model file is under one folder, model/",
+    ),
+    "no-entry-point": ({"m.bst": b"b", "code/serve.py": ""}, "code/ has no inference.py"),
+    "code-at-the-root": ({"m.bst": b"b", "inference.py": ""}, "code at the root and no code/"),
+    "junk": ({**GOOD, "code/__pycache__/x.pyc": b"\0"}, "default excludes leave out"),
+    "only-archives": ({"model-v1.tar.gz": b"x", "code/inference.py": ""}, "all archives"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WARNED))
+def test_layout_mistakes_warn(tmp_path: Path, case: str) -> None:
+    tree, needle = WARNED[case]
+    members = [info(n, d.encode() if isinstance(d, str) else d) for n, d in tree.items()]
+    code, lines = verify(tar_with(tmp_path / "p.tar.gz", members))
+    assert code == 0, lines
+    assert any(needle in line for line in lines_at("WARN", lines)), lines
+    assert lines[-1].startswith("summary: WARN ")
+
+
+def test_an_explicit_entry_point_that_is_missing_fails(tmp_path: Path) -> None:
+    members = [info(n, d.encode() if isinstance(d, str) else d) for n, d in GOOD.items()]
+    package = tar_with(tmp_path / "p.tar.gz", members)
+    code, lines = verify(package, "--entry-point", "serve.py")
+    failed = lines_at("FAIL", lines)
+    assert code == 1 and failed[0].startswith("FAIL layout: code/serve.py: code/ has no serve.py")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],
+        lambda data: data + b"garbage",
+        lambda data: data[:-8] + bytes(8),
+    ],
+    ids=["truncated", "trailing-garbage", "bad-crc"],
+)
+def test_a_damaged_file_fails_integrity(tmp_path: Path, damage) -> None:  # type: ignore[no-untyped-def]
+    members = [info(n, d.encode() if isinstance(d, str) else d) for n, d in GOOD.items()]
+    package = tar_with(tmp_path / "p.tar.gz", members)
+    package.write_bytes(damage(package.read_bytes()))
+    code, lines = verify(package)
+    assert code == 1 and lines[0].startswith("FAIL integrity: the package does not decode")
+    assert f"sha256 {hashlib.sha256(package.read_bytes()).hexdigest()}" in lines[-1]
+
+
+def test_json_is_one_object_on_standard_output(tmp_path: Path) -> None:
+    members = [info(n, d.encode() if isinstance(d, str) else d) for n, d in GOOD.items()]
+    package = tar_with(
+        tmp_path / "p.tar.gz", [*members, info("link", type=tarfile.SYMTYPE, linkname="x")]
+    )
+    result = run_cli("--verify", package, "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert set(report) == {"package", "sha256", "status", "members", "bytes", "findings"}
+    assert report["status"] == "fail" and report["members"] == 3
+    assert report["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
+    safety = [f for f in report["findings"] if f["check"] == "safety"]
+    assert [(f["level"], f["member"]) for f in safety] == [("FAIL", "link")]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--verify", "missing.tar.gz"], 2),
+        (["--json"], 2),
+        (["--expect-sha256", "0" * 64], 2),
+        (["--verify", "x.tar.gz", "--expect-sha256", "xyz"], 2),
+    ],
+    ids=["missing-file", "json-alone", "sha256-alone", "bad-hex"],
+)
+def test_usage_errors_and_unreadable_files_exit_2(args: list[str], code: int) -> None:
+    outcome = run_cli(*args)
+    assert outcome.returncode == code, outcome.stdout + outcome.stderr
+    assert "Traceback" not in outcome.stdout + outcome.stderr
+
+
+def test_verify_writes_nothing(job: Job, tmp_path: Path) -> None:
+    members = [info(n, d.encode() if isinstance(d, str) else d) for n, d in GOOD.items()]
+    package = tar_with(tmp_path / "p.tar.gz", members)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert verify(package)[0] == 0
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+    assert gzip.decompress(package.read_bytes())  # the package itself untouched and whole
