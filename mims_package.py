@@ -36,7 +36,7 @@ What it promises:
   the job's ExitMessage.
 
 ``package()`` does the work, ``main()`` is the pipeline entry point and
-``cli()`` the command line. Standard library only; Python 3.7 or later.
+``cli()`` the command line; ``check_package()`` is ``--verify``. Standard library only; Python 3.7 or later.
 
 The file reads in pipeline order, one section each:
 
@@ -48,10 +48,12 @@ The file reads in pipeline order, one section each:
 * Safe extraction: decoders, format checks, read-ahead, the checks on every member.
 * Staging: the package's members, read in place, real files and directories only;
   the copy budget for links.
-* What goes into the package: members with normalized metadata; no credentials.
+* What goes into the package: members with normalized metadata; no credentials; the
+  layout checks (one top folder, the entry point, swapped inputs, archives alone).
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
 * Verification: the package read back from disk, pieces inflated in parallel, compared.
+* Checking any package: --verify, with the same reader, writing nothing.
 * The job: work and output dirs, staging, package().
 * Entry points: main() for pipelines, cli() for the command line.
 """

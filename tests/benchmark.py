@@ -16,7 +16,8 @@ within each round, and reports the median of the rounds:
 * naive: extract or copy into a staging dir, then tarfile.open(..., "w:gz") at
   its default level, as the original script did;
 * ours --no-adaptive and tar | pigz -H (Huffman codes only), so that adaptive
-  coding is seen against each single setting.
+  coding is seen against each single setting;
+* ours --verify on our package, against gzip -t on the same file.
 
 With --model text, the model is text-heavy instead: XGBoost-style tree dumps
 and a CSV of features, half each.
@@ -615,6 +616,21 @@ def print_machine(args: argparse.Namespace) -> None:
     print()
 
 
+def compare_checks(package: Path, work: Path, runs: int) -> str:
+    """--verify on our package against gzip -t on the same file: median seconds, peak RSS."""
+    nothing = work / "check" / "none"  # neither writes a file
+    nothing.parent.mkdir(exist_ok=True)
+    verify = python("ours --verify", nothing, str(SCRIPT), "--verify", str(package))
+    gzip_test = shell("gzip -t", f"{{T}} gzip -t '{package}'", nothing)
+    for _ in range(runs):
+        for contender in (verify, gzip_test):
+            run_measured(contender)
+    return (
+        f"--verify {verify.median:.2f} s ({verify.rss_kb / 1024:.0f} MB peak RSS), gzip -t "
+        f"{gzip_test.median:.2f} s: {verify.median / gzip_test.median:.2f}x (target 1.5x)"
+    )
+
+
 def compare_mix(sizes: list[int], args: argparse.Namespace, scratch: Path) -> None:
     """The synthetic model mix, as a directory and as a model.tar.gz, against every peer."""
     table = [
@@ -640,6 +656,7 @@ def compare_mix(sizes: list[int], args: argparse.Namespace, scratch: Path) -> No
             float,
             helper("--writer-scaling", str(model), str(args.threads), str(args.runs)).split(),
         )
+        notes.append(f"{size_mb} MB: " + compare_checks(directory["ours"].output, work, args.runs))
         t1, tn = directory["ours-t1"].median, directory["ours"].median
         notes.append(
             f"{size_mb} MB: compression alone 1 -> {args.threads} threads: {one:.2f} s -> "
