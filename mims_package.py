@@ -36,7 +36,8 @@ What it promises:
   the job's ExitMessage.
 
 ``package()`` does the work, ``main()`` is the pipeline entry point and
-``cli()`` the command line; ``check_package()`` is ``--verify``. Standard library only; Python 3.7 or later.
+``cli()`` the command line; ``check_package()`` is ``--verify``. Standard
+library only; Python 3.7 or later.
 
 The file reads in pipeline order, one section each:
 
