@@ -251,6 +251,21 @@ def test_print_contract(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
+def test_verify_gives_the_same_findings_on_every_interpreter(version: str) -> None:
+    package = EXAMPLE / "model" / "model.tar.gz"  # a training job's archive: no code/ in it
+    result = run(python_for(version), "--verify", package, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
+    assert [(f["level"], f["check"]) for f in report["findings"]] == [
+        ("PASS", "integrity"),
+        ("PASS", "safety"),
+        ("PASS", "credentials"),
+        ("PASS", "layout"),
+    ]
+
+
+@pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
 def test_sigterm_during_compression_leaves_nothing(version: str, tmp_path: Path) -> None:
     python = python_for(version)
     model = write_tree(tmp_path / "model", {"weights.bin": os.urandom(32 << 20)})
