@@ -571,7 +571,7 @@ class Excludes:
             return False
         shown = f"{where}{relative}{'/' if is_dir else ''}"
         log.info("excluded %s (%s)", shown, pattern)
-        self.left_out.append(shown)
+        self.left_out.append(f"{shown} ({pattern})")
         return True
 
     def summarize(self) -> None:
@@ -1677,13 +1677,16 @@ class _Node:
     Kind "excluded" marks a directory the excludes leave out, with all below it.
     """
 
-    __slots__ = ("children", "kind", "link", "mtime", "size")
+    __slots__ = ("children", "kind", "link", "mode", "mtime", "size")
 
-    def __init__(self, kind: str, size: int = 0, mtime: int = 0, link: str = "") -> None:
+    def __init__(
+        self, kind: str, size: int = 0, mtime: int = 0, link: str = "", mode: int = 0o755
+    ) -> None:
         self.kind = kind
         self.size = size
         self.mtime = mtime
         self.link = link
+        self.mode = mode  # as extracted: 0644 or 0755
         self.children: Dict[str, _Node] = {}
 
 
@@ -1695,10 +1698,16 @@ class Extracted(NamedTuple):
 
 
 class _Linked(NamedTuple):
-    """What a hard link in the archive copies: the file at path, of size bytes."""
+    """What a hard link in the archive copies: the file at path, of size bytes and mode."""
 
     path: str
     size: int
+    mode: int
+
+
+def _file_mode(mode: int) -> int:
+    """A file's mode as extracted and packaged: 0755 if anyone may execute it, else 0644."""
+    return 0o755 if mode & 0o111 else 0o644
 
 
 def _points_outside(member: str, path: str) -> PackagingError:
@@ -1807,8 +1816,8 @@ class _Extractor:
         path = os.path.join(self._dest, name)
         self._replace(name, existing, kind, path)
         if kind == "dir":
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(path)
+            if existing is None or existing.kind != "dir":  # new, or a file or link's place
+                self._make_dir(path)
             node = parent.children.get(parts[-1])
             if node is None or node.kind != "dir":  # new, or in place of a file or link
                 node = parent.children[parts[-1]] = _Node("dir")
@@ -1819,13 +1828,13 @@ class _Extractor:
             parent.children[parts[-1]] = _Node("symlink", link=link)
             return
         if kind == "hardlink":
-            os.link(target.path, path)
+            self._hard_link(target.path, path)
             self.linked += target.size
-            size = target.size
+            size, mode = target.size, target.mode
         else:
             self._write_file(reader, member, path, mtime)
-            size = member.size
-        parent.children[parts[-1]] = _Node("file", size)
+            size, mode = member.size, _file_mode(member.mode)
+        parent.children[parts[-1]] = _Node("file", size, mode=mode)
 
     def _stripped(self, name: str) -> str:
         """name without its first strip_components components (counted after any "./")."""
@@ -1837,10 +1846,10 @@ class _Extractor:
     def _hold(self, reader: TarReader, member: TarMember, parts: List[str]) -> None:
         """Keep an excluded file's bytes aside, where only a hard link to it can reach them."""
         if not self._held:
-            os.mkdir(self.held_dir)
+            self._make_dir(os.fspath(self.held_dir))
         path = os.path.join(self.held_dir, str(len(self._held)))
         self._write_file(reader, member, path, 0)
-        self._held["/".join(parts)] = _Linked(path, member.size)
+        self._held["/".join(parts)] = _Linked(path, member.size, _file_mode(member.mode))
 
     def _kind(self, member: TarMember) -> str:
         """What the member is; devices and FIFOs are refused, unknown types become files."""
@@ -1871,13 +1880,16 @@ class _Extractor:
         self._check_target(member, target)
         self._resolve(parts[:-1], target, member)
 
-    def _resolve(self, start: List[str], target: str, member: str) -> None:
+    def _resolve(
+        self, start: List[str], target: str, member: str
+    ) -> Tuple[List[str], Optional[_Node]]:
         """Follow target from the directory start through the tree's symlinks; refuse an escape.
 
         As the kernel resolves a path: a symlink on the way gives way to its
         own target, read from the symlink's directory, and ".." then goes up
         from where that led. A name the archive has not made is taken as it
         reads. Bounded: at most MAX_SYMLINK_HOPS links and MAX_PATH_BYTES steps.
+        Returns the parts it leads to, and the node there (None if none).
         """
         parts = list(start)
         nodes = self._nodes(start)
@@ -1907,6 +1919,7 @@ class _Extractor:
                 continue
             parts.append(piece)
             nodes.append(node)
+        return parts, nodes[-1]
 
     def _hard_link_target(self, member: TarMember, parts: List[str]) -> Tuple[str, str, _Linked]:
         """(kind, symlink target, what it links to) for a hard link.
@@ -1921,9 +1934,10 @@ class _Extractor:
         target_name = "/".join(target_parts)
         if node is not None and node.kind == "symlink" and target_parts != parts:
             self._check_symlink(member.name, node.link, parts)
-            return "symlink", node.link, _Linked("", 0)
+            return "symlink", node.link, _Linked("", 0, 0)
         if node is not None and node.kind == "file" and target_parts != parts:
-            return "hardlink", "", _Linked(os.path.join(self._dest, target_name), node.size)
+            link = os.path.join(self._dest, target_name)
+            return "hardlink", "", _Linked(link, node.size, node.mode)
         if node is None and target_name in self._held:
             return "hardlink", "", self._held[target_name]
         raise PackagingError(
@@ -1982,7 +1996,7 @@ class _Extractor:
             path = os.path.join(path, piece)
             child = node.children.get(piece)
             if child is None:
-                os.mkdir(path)
+                self._make_dir(path)
                 child = node.children[piece] = _Node("dir", mtime=mtime)
             node = child
         return node
@@ -1999,7 +2013,18 @@ class _Extractor:
         if existing.kind == "symlink":
             del self.symlinks[name]
         else:
-            os.unlink(path)
+            self._remove(path)
+
+    # What the extractor does on disk; _Planner does none of it.
+
+    def _make_dir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def _remove(self, path: str) -> None:
+        os.unlink(path)
+
+    def _hard_link(self, target: str, path: str) -> None:
+        os.link(target, path)
 
     def _write_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
         """Write a new file (never through a link), with mode 0644 or 0755 and mtime."""
@@ -2010,7 +2035,7 @@ class _Extractor:
                 _check_stop()
                 while piece:
                     piece = piece[os.write(fd, piece) :]
-            os.fchmod(fd, 0o755 if member.mode & 0o111 else 0o644)
+            os.fchmod(fd, _file_mode(member.mode))
             os.utime(fd, (mtime, mtime))
         finally:
             os.close(fd)
@@ -2020,6 +2045,9 @@ class _Extractor:
         """Check every symlink on the finished tree, create them, set directory mtimes."""
         for name, target in self.symlinks.items():
             self._resolve(name.split("/")[:-1], target, name)
+        self._finish_on_disk()
+
+    def _finish_on_disk(self) -> None:
         for name, target in self.symlinks.items():
             os.symlink(target, self.dest / name)
         directories = [(self.dest, self.root)]
@@ -2051,6 +2079,12 @@ def extract_archive(
     tar end marker included. Excluded files go to held (see _Extractor).
     """
     extractor = _Extractor(dest, excludes, held, strip_components)
+    read_archive(extractor, archive, stamp)
+    return Extracted(extractor.size, extractor.linked)
+
+
+def read_archive(extractor: _Extractor, archive: Path, stamp: int) -> None:
+    """Hand every member of the archive (which must have stamp throughout) to extractor."""
     corrupt = _bad_data(functools.partial(_corrupt, archive))
     fd = _open_regular(os.fspath(archive), stamp)
     with open(fd, "rb", buffering=0) as raw, corrupt, _ReadAhead(_decompressed(raw)) as stream:
@@ -2062,7 +2096,6 @@ def extract_archive(
             progress.update(raw.tell())
         _check_unchanged(fd, os.fspath(archive), stamp)
     extractor.finish()
-    return Extracted(extractor.size, extractor.linked)
 
 
 def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
@@ -2119,7 +2152,7 @@ class Normalized:
             mtime = _mtime(info.st_mtime_ns // 1_000_000_000)
             if self._clamp is not None:
                 mtime = min(mtime, self._clamp)
-        mode = 0o755 if is_dir or info.st_mode & 0o111 else 0o644
+        mode = 0o755 if is_dir else _file_mode(info.st_mode)
         if is_dir:
             return Member(name, path, True, 0, mode, mtime, 0)
         return Member(name, path, False, info.st_size, mode, mtime, _stamp(info))
@@ -2140,10 +2173,16 @@ class _CopyBudget:
     multiply empty files too). The input is measured only once a link turns up.
     """
 
-    def __init__(self, root: Path, own_bytes: Optional[int] = None, copied: int = 0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        own_bytes: Optional[int] = None,
+        copied: int = 0,
+        entries: Optional[int] = None,
+    ) -> None:
         self._root = root
         self._own_bytes = own_bytes
-        self._entries: Optional[int] = None
+        self._entries = entries
         self.copied = 0
         self.add(copied)
 
@@ -2248,6 +2287,83 @@ def stage_tree(
     return members
 
 
+class _Planner(_Extractor):
+    """Reads the model archive as extraction does, every check included, and writes nothing.
+
+    --dry-run plans the archive's members from the tree of what it holds, as
+    staging plans them from the extracted tree: a symlink as what it points to
+    (a dangling or looping one fails, as it does there), the links' copies
+    counted against the same budget.
+    """
+
+    def _make_dir(self, path: str) -> None:
+        pass
+
+    def _remove(self, path: str) -> None:
+        pass
+
+    def _hard_link(self, target: str, path: str) -> None:
+        pass
+
+    def _write_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
+        self.size += member.size  # the reader reads the data past, and checks it
+
+    def _finish_on_disk(self) -> None:
+        pass
+
+    def members(self, archive: Path, skip: Collection[str]) -> List[Member]:
+        """The members staging would make of the tree (unsorted), but top-level names in skip."""
+        entries = self.count(self.root)
+        budget = _CopyBudget(archive, self.size, self.linked, entries)
+        members: List[Member] = []
+        stack: List[Tuple[str, List[str], _Node, Tuple[int, ...], bool]] = [
+            ("", [], self.root, (id(self.root),), False)
+        ]
+        while stack:
+            prefix, real, directory, ancestors, linked = stack.pop()
+            for name in sorted(directory.children):
+                node = directory.children[name]
+                if (not prefix and name in skip) or node.kind == "excluded":
+                    continue
+                full, parts = prefix + name, [*real, name]
+                is_link = node.kind == "symlink"
+                if is_link:
+                    parts, found = self._resolve(real, node.link, full)
+                    if found is None or found.kind == "excluded":
+                        raise PackagingError(
+                            f"symlink {archive}/{full} dangles (nothing at "
+                            f"{'/'.join((os.fspath(archive), *parts))}); fix or remove it"
+                        )
+                    node = found
+                if node.kind == "dir":
+                    if id(node) in ancestors:
+                        raise PackagingError(
+                            f"symlink {archive}/{full} loops back to "
+                            f"{'/'.join((os.fspath(archive), *parts))}, a directory that holds "
+                            "it; fix it"
+                        )
+                    members.append(Member(full, "", True, 0, 0o755, 0, 0))
+                    stack.append(
+                        (full + "/", parts, node, (*ancestors, id(node)), linked or is_link)
+                    )
+                else:
+                    if linked or is_link:
+                        budget.add(node.size)
+                    members.append(Member(full, "", False, node.size, node.mode, 0, 0))
+                if linked:
+                    budget.check_entries(len(members))
+        return members
+
+    def count(self, node: _Node) -> int:
+        """Entries in the tree below node (what a walk of the extracted tree would find)."""
+        count, stack = 0, [node]
+        while stack:
+            children = [c for c in stack.pop().children.values() if c.kind != "excluded"]
+            count += len(children)
+            stack.extend(children)
+        return count
+
+
 def _count_files(directory: Path) -> int:
     return sum(not stat.S_ISDIR(info.st_mode) for _, info in _walk_tree(directory))
 
@@ -2329,6 +2445,10 @@ class CredentialCheck:
         for member in suspects:
             if not member.is_dir and self._scanned(member.name):
                 self._report(member, _credential_name(member.name))
+
+    def reads(self, member: Member) -> bool:
+        """Whether content() wants the member's bytes: a small file of a part that is scanned."""
+        return not member.is_dir and member.size <= SECRET_SCAN_LIMIT and self._scanned(member.name)
 
     def content(self, member: Member, data: bytes) -> None:
         if len(data) <= SECRET_SCAN_LIMIT and self._scanned(member.name):
@@ -3575,55 +3695,43 @@ def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
             dropped = (
                 1 if not replaced.is_dir() or replaced.is_symlink() else _count_files(replaced)
             )
-        log.warning(
-            "the model's own %s/ (%d files) is dropped and replaced by %s", name, dropped, source
-        )
+        _say_replaced(name, dropped, source)
+
+
+def _say_replaced(name: str, dropped: int, source: Path) -> None:
+    log.warning(
+        "the model's own %s/ (%d files) is dropped and replaced by %s", name, dropped, source
+    )
 
 
 def _stage_inputs(
     inputs: Inputs,
-    staging: Path,
+    staging: Optional[Path],
     excludes: Excludes,
     make_member: Normalized,
     strip_components: int,
 ) -> List[Member]:
-    """The package's members, sorted by name: the model at the root, code/ and calibration/."""
-    archive = inputs.archive
-    model_root, done = inputs.model, None
-    if archive is not None:
-        log.info("model archive: %s (%s)", archive, _human(archive.stat().st_size))
-        model_root = staging / "extracted"
-        model_root.mkdir()
-        with _phase("extract") as phase, _os_errors("extracting the model archive", model_root):
-            done = extract_archive(
-                archive,
-                inputs.archive_stamp,
-                model_root,
-                excludes,
-                staging / "excluded",
-                strip_components,
-            )
-            phase.amount = _human(done.size)
-    else:
-        log.info("model: loose files in %s", inputs.model)
+    """The package's members, sorted by name: the model at the root, code/ and calibration/.
+
+    With no staging dir (--dry-run) a model archive is read and planned, not extracted.
+    """
     sources = {CODE_DIR: inputs.script, CALIBRATION_DIR: inputs.calibration}
     added = {name: source for name, source in sources.items() if source is not None}
-    for name, source in added.items():
-        _warn_replaced(model_root, name, source)
-    with _phase("stage") as phase, _os_errors("staging the inputs", staging):
-        try:
-            # What the archive's hard links copy counts against the budget of its symlinks.
-            budget = None if done is None else _CopyBudget(model_root.resolve(), *done)
-            members = stage_tree(
-                model_root, make_member, "", added, None if archive else excludes, budget
-            )
-        except PackagingError as exc:
-            if archive is None:
-                raise
-            # Name the archive's members, not the staging directory they were extracted to.
-            raise PackagingError(
-                str(exc).replace(str(model_root.resolve()), str(archive))
-            ) from None
+    archive = inputs.archive
+    plan_model: Callable[[], List[Member]]
+    if archive is None:
+        log.info("model: loose files in %s", inputs.model)
+        for name, source in added.items():
+            _warn_replaced(inputs.model, name, source)
+        plan_model = functools.partial(stage_tree, inputs.model, make_member, "", added, excludes)
+    elif staging is None:
+        plan_model = _read_archive_for_plan(inputs, archive, excludes, strip_components, added)
+    else:
+        plan_model = _extract_archive_for_plan(
+            inputs, archive, staging, excludes, make_member, strip_components, added
+        )
+    with _phase("stage") as phase, _os_errors("staging the inputs", staging or inputs.model):
+        members = plan_model()
         for name, source in added.items():
             members.append(make_member(name, os.fspath(source), os.stat(source)))
             members += stage_tree(source, make_member, f"{name}/", (), excludes)
@@ -3631,6 +3739,69 @@ def _stage_inputs(
     excludes.summarize()
     members.sort(key=_BY_NAME)
     return members
+
+
+def _extract_archive_for_plan(
+    inputs: Inputs,
+    archive: Path,
+    staging: Path,
+    excludes: Excludes,
+    make_member: Normalized,
+    strip_components: int,
+    added: Mapping[str, Path],
+) -> Callable[[], List[Member]]:
+    """Extract the model archive into staging; return what plans its members from there."""
+    log.info("model archive: %s (%s)", archive, _human(archive.stat().st_size))
+    model_root = staging / "extracted"
+    model_root.mkdir()
+    with _phase("extract") as phase, _os_errors("extracting the model archive", model_root):
+        done = extract_archive(
+            archive,
+            inputs.archive_stamp,
+            model_root,
+            excludes,
+            staging / "excluded",
+            strip_components,
+        )
+        phase.amount = _human(done.size)
+    for name, source in added.items():
+        _warn_replaced(model_root, name, source)
+
+    def plan() -> List[Member]:
+        try:
+            # What the archive's hard links copy counts against the budget of its symlinks.
+            budget = _CopyBudget(model_root.resolve(), *done)
+            return stage_tree(model_root, make_member, "", added, None, budget)
+        except PackagingError as exc:
+            # Name the archive's members, not the staging directory they were extracted to.
+            raise PackagingError(
+                str(exc).replace(str(model_root.resolve()), str(archive))
+            ) from None
+
+    return plan
+
+
+def _read_archive_for_plan(
+    inputs: Inputs,
+    archive: Path,
+    excludes: Excludes,
+    strip_components: int,
+    added: Mapping[str, Path],
+) -> Callable[[], List[Member]]:
+    """Read the model archive in full, every check included, writing nothing (--dry-run);
+    return what plans its members from what it holds."""
+    log.info(
+        "model archive: %s (%s), read without extracting", archive, _human(archive.stat().st_size)
+    )
+    planner = _Planner(archive, excludes, archive, strip_components)  # paths never written
+    with _phase("read") as phase:
+        read_archive(planner, archive, inputs.archive_stamp)
+        phase.amount = _human(planner.size)
+    for name, source in added.items():
+        replaced = planner.root.children.get(name)
+        if replaced is not None:
+            _say_replaced(name, planner.count(replaced) if replaced.kind == "dir" else 1, source)
+    return functools.partial(planner.members, archive, added)
 
 
 def _log_inputs(inputs: Inputs) -> None:
@@ -3736,6 +3907,49 @@ def _write_and_verify(
     return final, digest, final.stat().st_size
 
 
+def _dry_run(
+    inputs: Inputs,
+    excludes: Excludes,
+    make_member: Normalized,
+    strip_components: int,
+    entry_point: Optional[str],
+    allow_secrets: bool,
+) -> None:
+    """--dry-run: every check of a real run up to writing, then what would ship and what not."""
+    members = _stage_inputs(inputs, None, excludes, make_member, strip_components)
+    _check_and_log_members(members, inputs, entry_point)
+    credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
+    credentials.names(members)
+    with _DirectoryChain() as directories:
+        for member in (m for m in members if credentials.reads(m)):
+            fd = directories.open_file(member.path, member.stamp)
+            try:
+                data, _ = _read_block(fd, member, 0)
+                _check_unchanged(fd, member.path, member.stamp)
+            finally:
+                os.close(fd)
+            credentials.content(member, data)
+    sources = {
+        CODE_DIR: ("script", inputs.script),
+        CALIBRATION_DIR: ("calibration", inputs.calibration),
+    }
+    model = "model archive" if inputs.archive is not None else "model"
+    for member in members:
+        label, given = sources.get(member.name.partition("/")[0], (model, None))
+        source = label if given is not None else model
+        name = member.name + ("/" if member.is_dir else "")
+        print(_escape(f"ship {member.mode:04o} {member.size:>14,} {source:<13} {name}"))
+    for left_out in excludes.left_out:
+        print(_escape(f"leave out {left_out}"))
+    files = [member for member in members if not member.is_dir]
+    print(
+        f"dry run: {len(files)} files, {len(members) - len(files)} directories, "
+        f"{_human(sum(m.size for m in files))} would ship; {len(excludes.left_out)} paths left "
+        "out; nothing was written",
+        flush=True,
+    )
+
+
 def _check_strip_components(count: int, inputs: Inputs) -> None:
     """--strip-components is for a model archive; a loose model names its folder instead."""
     if count < 0:
@@ -3774,7 +3988,8 @@ def package(
     adaptive: bool = True,
     entry_point: Optional[str] = None,
     strip_components: int = 0,
-) -> Path:
+    dry_run: bool = False,
+) -> Optional[Path]:
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
     A path left out (None) is the contract's default. The default script and
@@ -3786,6 +4001,8 @@ def package(
     pass their checks. entry_point is the .py under code/ that SAGEMAKER_PROGRAM
     names (None: inference.py, whose absence only warns); strip_components
     drops that many leading components of each member name of a model archive.
+    dry_run runs every input and layout check and prints what would ship,
+    creating nothing (no output, work or staging dir), and returns None.
     """
     started = time.monotonic()
     log.info("mims_package %s on Python %s", __version__, sys.version.split()[0])
@@ -3821,6 +4038,10 @@ def package(
     _check_outside_inputs("output", output, inputs.paths())
     if explicit_work is not None:
         _check_outside_inputs("work", explicit_work, inputs.paths())
+    normalized = Normalized(source_date_epoch, keep_mtimes)
+    if dry_run:
+        _dry_run(inputs, patterns, normalized, strip_components, entry_point, allow_secrets)
+        return None
     with _output_dir(output):
         work = _work_dir(explicit_work, output, inputs.paths())
         log.info(
@@ -3831,7 +4052,6 @@ def package(
             _free_space(output),
         )
         with _staging_dir(work) as staging:
-            normalized = Normalized(source_date_epoch, keep_mtimes)
             members = _stage_inputs(inputs, staging, patterns, normalized, strip_components)
             _check_and_log_members(members, inputs, entry_point)
             credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
@@ -3952,8 +4172,8 @@ def main(
     output_paths: Mapping[str, str],
     environ_vars: Mapping[str, str],
     job_args: Optional[argparse.Namespace] = None,
-) -> Path:
-    """Pipeline entry point: package the model and return the package's path.
+) -> Optional[Path]:
+    """Pipeline entry point: package the model and return the package's path (None: dry run).
 
     input_paths has model_input, script_input (or inference_scripts_input) and
     optionally calibration_model; output_paths has package_output (or
@@ -3961,8 +4181,8 @@ def main(
     an unknown key fails. environ_vars may set SOURCE_DATE_EPOCH and
     WORKING_DIRECTORY; job_args may set work_dir, compression_level, threads,
     exclude, no_default_excludes, allow_secrets, keep_mtimes, no_adaptive,
-    entry_point and strip_components, as the command line does. Raises
-    PackagingError on failure, after reporting it.
+    entry_point, strip_components and dry_run, as the command line does.
+    Raises PackagingError on failure, after reporting it.
     """
     _show_logs_by_default()
     try:
@@ -3986,6 +4206,7 @@ def main(
             adaptive=not getattr(job_args, "no_adaptive", False),
             entry_point=getattr(job_args, "entry_point", None),
             strip_components=getattr(job_args, "strip_components", 0),
+            dry_run=getattr(job_args, "dry_run", False),
         )
     except PackagingError as exc:
         _report_failure(str(exc))
@@ -4115,6 +4336,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--print-contract", action="store_true", help="print the script contract as JSON and exit"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run every input and layout check (a model archive is read in full) and print "
+        "what would ship and what is left out; create nothing; exit as the real run would",
     )
     checking = parser.add_argument_group("checking a package (writes nothing)")
     checking.add_argument(

@@ -42,6 +42,7 @@ READER = ["tests/test_tar_reader.py", "tests/test_integrity.py", "tests/test_sec
 COMPAT = ["tests/test_tar_compat.py", "tests/test_tar_reader.py"]
 LAYOUT = ["tests/test_layout.py", "tests/test_inputs.py"]
 VERIFY = ["tests/test_verify_command.py"]
+DRY_RUN = ["tests/test_dry_run.py"]
 SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
 
 
@@ -810,6 +811,43 @@ MUTANTS = [
         "verify: any sha256 expected passes",
         [("        same = expect_sha256.lower() == digest", "        same = True")],
         VERIFY,
+    ),
+    # --dry-run: the same verdicts as the real run, from what the archive holds.
+    Mutant(
+        "dry run: a dangling symlink planned",
+        [
+            (
+                '                    if found is None or found.kind == "excluded":',
+                "                    if False:",
+            )
+        ],
+        DRY_RUN,
+    ),
+    Mutant(
+        "dry run: a directory loop not seen",
+        [("                    if id(node) in ancestors:", "                    if False:")],
+        DRY_RUN,
+    ),
+    Mutant(
+        "dry run: code not read for credentials",
+        [
+            (
+                "        for member in (m for m in members if credentials.reads(m)):",
+                "        for member in ():",
+            )
+        ],
+        DRY_RUN,
+    ),
+    Mutant(
+        "dry run: symlink copies free",
+        [
+            (
+                "                    if linked or is_link:\n"
+                "                        budget.add(node.size)\n",
+                "",
+            )
+        ],
+        DRY_RUN,
     ),
     Mutant(
         "adaptive: a tie goes to Huffman",
