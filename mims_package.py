@@ -3788,13 +3788,12 @@ def _read_archive_for_plan(
     strip_components: int,
     added: Mapping[str, Path],
 ) -> Callable[[], List[Member]]:
-    """Read the model archive in full, every check included, writing nothing (--dry-run);
-    return what plans its members from what it holds."""
+    """Read the model archive whole, writing nothing (--dry-run); return what plans its members."""
     log.info(
         "model archive: %s (%s), read without extracting", archive, _human(archive.stat().st_size)
     )
     planner = _Planner(archive, excludes, archive, strip_components)  # paths never written
-    with _phase("read") as phase:
+    with _phase("read") as phase, _os_errors("reading the model archive", archive):
         read_archive(planner, archive, inputs.archive_stamp)
         phase.amount = _human(planner.size)
     for name, source in added.items():
