@@ -110,7 +110,6 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
-    Set,
     Tuple,
     TypeVar,
     Union,
@@ -3404,7 +3403,7 @@ class _PackageReview:
     def __init__(self, entry_point: Optional[str]) -> None:
         self.entry_point = entry_point
         self.findings: List[Finding] = []
-        self.names: Set[str] = set()
+        self.names: Dict[str, bool] = {}  # each name seen: whether it was a directory
         self.files: List[str] = []
         self.excludes = Excludes(DEFAULT_EXCLUDES)
         self.members = self.bytes = 0
@@ -3442,12 +3441,12 @@ class _PackageReview:
                 name,
                 f"has the setuid or setgid bit (mode {member.mode:o}); repack it with plain modes",
             )
-        if name in self.names:
+        is_dir = member.kind == "dir"
+        if name in self.names and not (is_dir and self.names[name]):  # a directory again is fine
             self.add(
                 "FAIL", "safety", name, "appears twice; which one extracts depends on the tool"
             )
-        self.names.add(name)
-        is_dir = member.kind == "dir"
+        self.names[name] = is_dir
         if name and self.excludes.pattern_for(name, is_dir) is not None:
             self.add(
                 "WARN",

@@ -789,7 +789,12 @@ MUTANTS = [
     ),
     Mutant(
         "verify: duplicate names pass",
-        [("        if name in self.names:", "        if False:")],
+        [
+            (
+                "        if name in self.names and not (is_dir and self.names[name]):",
+                "        if False:",
+            )
+        ],
         VERIFY,
     ),
     Mutant(

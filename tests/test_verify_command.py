@@ -212,3 +212,10 @@ def test_verify_writes_nothing(job: Job, tmp_path: Path) -> None:
     assert verify(package)[0] == 0
     assert sorted(p for p in tmp_path.rglob("*")) == before
     assert gzip.decompress(package.read_bytes())  # the package itself untouched and whole
+
+
+def test_a_directory_listed_twice_is_not_a_duplicate(tmp_path: Path) -> None:
+    members = [info(n, d.encode() if isinstance(d, str) else d) for n, d in GOOD.items()]
+    twice = [info("code", type=tarfile.DIRTYPE, mode=0o755)] * 2
+    code, lines = verify(tar_with(tmp_path / "p.tar.gz", [*twice, *members]))
+    assert code == 0 and lines_at("FAIL", lines) == [], lines
