@@ -70,6 +70,7 @@ import array
 import bisect
 import bz2
 import contextlib
+import contextvars
 import errno
 import fnmatch
 import functools
@@ -94,7 +95,7 @@ import unicodedata
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PosixPath
 from types import FrameType
 from typing import (
     IO,
@@ -411,6 +412,83 @@ class _Phase:
         self.amount = ""
 
 
+# The facts of one run, for the JSON summary line that ends it (see main()). A context
+# variable, so that runs in two threads each keep their own; a run outside main() (a
+# direct package() call) has none, and nothing records them.
+
+
+class _Facts:
+    """What the summary line says of a run: set as the run goes, phases and free space too."""
+
+    def __init__(self) -> None:
+        self.start, self.cpu = time.monotonic(), time.process_time()
+        self.values: Dict[str, Any] = {}
+        self.seconds: Dict[str, float] = {}
+        self.cpu_seconds: Dict[str, float] = {}
+        self.volumes: Dict[str, Path] = {}
+        self.free: Dict[str, Dict[str, int]] = {}
+
+    def watch(self, name: str, path: Path) -> None:
+        """Report the free bytes of the volume holding path, now and at their lowest."""
+        self.volumes[name] = path
+        self.sample()
+
+    def sample(self) -> None:
+        for name, path in self.volumes.items():
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(path).free
+                seen = self.free.setdefault(name, {"before": free, "lowest": free})
+                seen["lowest"] = min(seen["lowest"], free)
+
+    def summary(self, error: Optional[str]) -> Dict[str, Any]:
+        """The summary line's object: its keys are stable (the README lists them)."""
+        self.sample()
+        self.seconds["total"] = round(time.monotonic() - self.start, 3)
+        self.cpu_seconds["total"] = round(time.process_time() - self.cpu, 3)
+        return {
+            "event": "mims_package",
+            "status": "error" if error is not None else "ok",
+            "error": error,
+            "version": __version__,
+            "python": sys.version.split()[0],
+            **dict.fromkeys(SUMMARY_KEYS),
+            **self.values,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "free_bytes": self.free,
+        }
+
+
+# What a run may not reach (a failure before it): null in the summary.
+SUMMARY_KEYS = (
+    "sha256",
+    "package_bytes",
+    "input_bytes",
+    "ratio",
+    "members",
+    "excluded",
+    "threads",
+    "level",
+    "adaptive",
+)
+_FACTS: "contextvars.ContextVar[Optional[_Facts]]" = contextvars.ContextVar("facts", default=None)
+
+
+def _watch_volumes(**paths: Path) -> None:
+    """Report the free bytes of the volumes holding these paths, if this run has a summary."""
+    facts = _FACTS.get()
+    if facts is not None:
+        for name, path in paths.items():
+            facts.watch(name, path)
+
+
+def _record(**values: Any) -> None:
+    """Note values for the summary line, if this run has one."""
+    facts = _FACTS.get()
+    if facts is not None:
+        facts.values.update(values)
+
+
 @contextlib.contextmanager
 def _phase(name: str) -> Iterator[_Phase]:
     """Log one line when the phase is done: what it did, how long it took, the CPU it used.
@@ -423,6 +501,11 @@ def _phase(name: str) -> Iterator[_Phase]:
     yield phase
     seconds, cpu_seconds = time.monotonic() - start, time.process_time() - cpu
     log.info("%s: %s in %.2f s (%.2f CPU-s)", name, phase.amount, seconds, cpu_seconds)
+    facts = _FACTS.get()
+    if facts is not None:
+        facts.seconds[name] = round(seconds, 3)
+        facts.cpu_seconds[name] = round(cpu_seconds, 3)
+        facts.sample()
 
 
 class _Progress:
@@ -3736,6 +3819,7 @@ def _stage_inputs(
             members += stage_tree(source, make_member, f"{name}/", (), excludes)
         phase.amount = f"{sum(not m.is_dir for m in members)} files"
     excludes.summarize()
+    _record(excluded=len(excludes.left_out))
     members.sort(key=_BY_NAME)
     return members
 
@@ -3852,6 +3936,7 @@ def _check_and_log_members(
         )
     for name, files in parts.items():
         log.info("%s files: %d, %s", name, len(files), _human(sum(m.size for m in files)))
+    _record(members={name: len(files) for name, files in parts.items()})
     _check_layout(parts, inputs, entry_point)
     if inputs.archive is None:
         for member in model:
@@ -3969,6 +4054,31 @@ def _check_local(option: str, value: Union[str, Path, None]) -> None:
         )
 
 
+class PackageResult(PosixPath):
+    """What package() made: the package's path (os.fspath gives it), with its facts.
+
+    sha256 and size are the file's, members the number of files of the model,
+    the code and the calibration. As a Path it works wherever the path did.
+    """
+
+    sha256: str
+    size: int
+    members: Dict[str, int]
+
+    @classmethod
+    def of(
+        cls, path: Path, sha256: str, size: int, parts: Mapping[str, List[Member]]
+    ) -> "PackageResult":
+        result = cls(path)
+        result.sha256, result.size = sha256, size
+        result.members = {name: len(files) for name, files in parts.items()}
+        return result
+
+    @property
+    def path(self) -> Path:
+        return Path(self)
+
+
 @_stop_on_signals()
 def package(
     model_dir: Union[str, Path, None] = None,
@@ -3987,7 +4097,7 @@ def package(
     entry_point: Optional[str] = None,
     strip_components: int = 0,
     dry_run: bool = False,
-) -> Optional[Path]:
+) -> Optional[PackageResult]:
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
     A path left out (None) is the contract's default. The default script and
@@ -4037,11 +4147,13 @@ def package(
     if explicit_work is not None:
         _check_outside_inputs("work", explicit_work, inputs.paths())
     normalized = Normalized(source_date_epoch, keep_mtimes)
+    _record(threads=threads, level=compression_level, adaptive=adaptive)
     if dry_run:
         _dry_run(inputs, patterns, normalized, strip_components, entry_point, allow_secrets)
         return None
     with _output_dir(output):
         work = _work_dir(explicit_work, output, inputs.paths())
+        _watch_volumes(work=work, output=output)
         log.info(
             "free space: staging %s (%s), output %s (%s)",
             work.resolve(),
@@ -4077,7 +4189,9 @@ def package(
         _human(size),
         digest,
     )
-    return final
+    ratio = round(size / bytes_in, 4) if bytes_in else 1.0
+    _record(sha256=digest, package_bytes=size, input_bytes=bytes_in, ratio=ratio)
+    return PackageResult.of(final, digest, size, _files_by_part(members))
 
 
 # ---------------------------------------------------------------------------
@@ -4170,7 +4284,7 @@ def main(
     output_paths: Mapping[str, str],
     environ_vars: Mapping[str, str],
     job_args: Optional[argparse.Namespace] = None,
-) -> Optional[Path]:
+) -> Optional[PackageResult]:
     """Pipeline entry point: package the model and return the package's path (None: dry run).
 
     input_paths has model_input, script_input (or inference_scripts_input) and
@@ -4180,44 +4294,65 @@ def main(
     WORKING_DIRECTORY; job_args may set work_dir, compression_level, threads,
     exclude, no_default_excludes, allow_secrets, keep_mtimes, no_adaptive,
     entry_point, strip_components and dry_run, as the command line does.
-    Raises PackagingError on failure, after reporting it.
+    Raises PackagingError on failure, after reporting it. The last line on
+    standard output, whatever happens, is one JSON object that sums the run up
+    (see the README).
     """
     _show_logs_by_default()
+    facts = _Facts()
+    token = _FACTS.set(facts)
+    error: Optional[str] = None
     try:
-        inputs = _paths_by_name(input_paths, INPUT_KEYS, "input")
-        outputs = _paths_by_name(output_paths, OUTPUT_KEYS, "output")
-        work_dir = (
-            getattr(job_args, "work_dir", None) or environ_vars.get("WORKING_DIRECTORY") or None
-        )
-        return package(
-            inputs["model_input"],
-            inputs["script_input"],
-            outputs["package_output"],
-            calibration_dir=inputs["calibration_model"],
-            work_dir=work_dir,
-            compression_level=getattr(job_args, "compression_level", DEFAULT_COMPRESSION_LEVEL),
-            threads=getattr(job_args, "threads", None),
-            source_date_epoch=_source_date_epoch(environ_vars),
-            excludes=_excludes(job_args),
-            allow_secrets=getattr(job_args, "allow_secrets", False),
-            keep_mtimes=getattr(job_args, "keep_mtimes", False),
-            adaptive=not getattr(job_args, "no_adaptive", False),
-            entry_point=getattr(job_args, "entry_point", None),
-            strip_components=getattr(job_args, "strip_components", 0),
-            dry_run=getattr(job_args, "dry_run", False),
-        )
-    except PackagingError as exc:
-        _report_failure(str(exc))
+        return _package_for(input_paths, output_paths, environ_vars, job_args)
+    except BaseException as exc:
+        error = _failure_reason(exc)
+        _report_failure(error)
         raise
-    except _Stopped as exc:
-        _report_failure(f"stopped by {exc}; cleaned up, no package was written")
-        raise
-    except Exception as exc:
-        log.exception("unexpected error")
-        _report_failure(
-            f"unexpected error ({type(exc).__name__}: {exc}); please report this bug with the log"
-        )
-        raise
+    finally:
+        _FACTS.reset(token)
+        # Bare JSON on standard output, where the job's log goes: CloudWatch Logs Insights
+        # and metric filters read the fields of a log event that is JSON and nothing else.
+        # json.dumps escapes every control and non-ASCII character.
+        print(json.dumps(facts.summary(error)), flush=True)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """The one ERROR line's text for what ended a run (an unexpected error logs its traceback)."""
+    if isinstance(exc, PackagingError):
+        return str(exc)
+    if isinstance(exc, _Stopped):
+        return f"stopped by {exc}; cleaned up, no package was written"
+    log.exception("unexpected error")
+    return f"unexpected error ({type(exc).__name__}: {exc}); please report this bug with the log"
+
+
+def _package_for(
+    input_paths: Mapping[str, str],
+    output_paths: Mapping[str, str],
+    environ_vars: Mapping[str, str],
+    job_args: Optional[argparse.Namespace],
+) -> Optional[PackageResult]:
+    """package() called with what main() was given."""
+    inputs = _paths_by_name(input_paths, INPUT_KEYS, "input")
+    outputs = _paths_by_name(output_paths, OUTPUT_KEYS, "output")
+    work_dir = getattr(job_args, "work_dir", None) or environ_vars.get("WORKING_DIRECTORY") or None
+    return package(
+        inputs["model_input"],
+        inputs["script_input"],
+        outputs["package_output"],
+        calibration_dir=inputs["calibration_model"],
+        work_dir=work_dir,
+        compression_level=getattr(job_args, "compression_level", DEFAULT_COMPRESSION_LEVEL),
+        threads=getattr(job_args, "threads", None),
+        source_date_epoch=_source_date_epoch(environ_vars),
+        excludes=_excludes(job_args),
+        allow_secrets=getattr(job_args, "allow_secrets", False),
+        keep_mtimes=getattr(job_args, "keep_mtimes", False),
+        adaptive=not getattr(job_args, "no_adaptive", False),
+        entry_point=getattr(job_args, "entry_point", None),
+        strip_components=getattr(job_args, "strip_components", 0),
+        dry_run=getattr(job_args, "dry_run", False),
+    )
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

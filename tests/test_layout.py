@@ -354,7 +354,7 @@ def test_a_run_ends_with_one_line_that_says_the_package_was_verified(job: Job) -
     write_tree(job.model, {"weights.bin": b"w"})
     write_tree(job.script, {"inference.py": ""})
     result = job.cli()
-    last = result.stdout.splitlines()[-1]
+    last = result.stdout.splitlines()[-2]  # then only the JSON summary
     digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
     assert f" INFO verified: {job.package.resolve()} holds 3 members" in last
     assert last.endswith(f"sha256 {digest}")

@@ -91,7 +91,7 @@ def test_no_default_excludes_keeps_everything(job: Job) -> None:
         "xgboost_model.bst",
         *(f"code/{n}" for n in {**CODE, **JUNK}),
     }
-    assert "excluded" not in result.stdout
+    assert "INFO excluded" not in result.stdout
 
 
 def test_an_empty_exclude_pattern_is_refused(job: Job) -> None:
