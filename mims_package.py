@@ -126,6 +126,7 @@ DEFAULT_MODEL_PATH = "/opt/ml/processing/input/model"
 DEFAULT_SCRIPT_PATH = "/opt/ml/processing/input/script"
 DEFAULT_CALIBRATION_PATH = "/opt/ml/processing/input/calibration"
 DEFAULT_OUTPUT_PATH = "/opt/ml/processing/output"
+DEFAULT_REPORT_PATH = "/opt/ml/processing/report"  # written only where it exists (an output)
 JOB_CONFIG_PATH = "/opt/ml/config/processingjobconfig.json"
 FAILURE_MESSAGE_PATH = "/opt/ml/output/message"
 CGROUP_V2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
@@ -201,7 +202,10 @@ INPUT_KEYS = {
     "script_input": ("script_input", "inference_scripts_input"),
     "calibration_model": ("calibration_model",),
 }
-OUTPUT_KEYS = {"package_output": ("package_output", "output_dir", "packaged_model")}
+OUTPUT_KEYS = {
+    "package_output": ("package_output", "output_dir", "packaged_model"),
+    "package_report": ("package_report",),
+}
 
 CONTRACT: Dict[str, Any] = {
     "entry_point": "mims_package.py",
@@ -211,7 +215,11 @@ CONTRACT: Dict[str, Any] = {
         "calibration_model": DEFAULT_CALIBRATION_PATH,
     },
     "optional_input_paths": ["calibration_model"],
-    "expected_output_paths": {"package_output": DEFAULT_OUTPUT_PATH},
+    "expected_output_paths": {
+        "package_output": DEFAULT_OUTPUT_PATH,
+        "package_report": DEFAULT_REPORT_PATH,
+    },
+    "optional_output_paths": ["package_report"],
     "path_key_aliases": {name: list(keys) for name, keys in {**INPUT_KEYS, **OUTPUT_KEYS}.items()},
     "required_env_vars": [],
     "optional_env_vars": OPTIONAL_ENV_VARS,
@@ -422,6 +430,7 @@ class _Facts:
 
     def __init__(self) -> None:
         self.start, self.cpu = time.monotonic(), time.process_time()
+        self.start_wall = time.time()
         self.values: Dict[str, Any] = {}
         self.seconds: Dict[str, float] = {}
         self.cpu_seconds: Dict[str, float] = {}
@@ -610,6 +619,7 @@ class Excludes:
     """
 
     def __init__(self, patterns: Collection[str]) -> None:
+        self.patterns = tuple(patterns)
         self._rules = []
         for pattern in patterns:
             body = pattern.strip("/")
@@ -2964,18 +2974,22 @@ def _write_file(
     progress: _Progress,
     inspect: Optional[Inspector],
     directories: _DirectoryChain,
+    digest: Optional[Any] = None,
 ) -> int:
     """Write a file's header, bytes and padding into sink; return its CRC-32.
 
     The file is opened through directories, as it was planned (see _stamp),
     and must be so still once read. inspect, if given, sees the bytes of a
-    file that comes in one block. A file that changed is refused (what was
-    written of it is then discarded with the package).
+    file that comes in one block; digest, if given, is updated with every
+    byte. A file that changed is refused (what was written of it is then
+    discarded with the package).
     """
     fd = directories.open_file(member.path, member.stamp)
     try:
         block, ended = _read_block(fd, member, 0)
         copied, crc = len(block), zlib.crc32(block)
+        if digest is not None:
+            digest.update(block)
         if copied == member.size and inspect is not None:
             inspect(member, block)
         sink.write(header)
@@ -2985,6 +2999,8 @@ def _write_file(
             _check_stop()
             block, ended = _read_block(fd, member, copied)
             crc = zlib.crc32(block, crc)
+            if digest is not None:
+                digest.update(block)
             sink.write(block)
             copied += len(block)
             progress.advance(len(block))
@@ -3003,9 +3019,11 @@ class Written(Sequence[Record]):
     Its length is the number of members written so far.
     """
 
-    def __init__(self, members: List[Member]) -> None:
+    def __init__(self, members: List[Member], digests: bool = False) -> None:
         self.members = members
         self.crcs = array.array("I")
+        # Each file's SHA-256 (hex; "" for a directory), only where a report asks for them.
+        self.digests: Optional[List[str]] = [] if digests else None
 
     def __len__(self) -> int:
         return len(self.crcs)
@@ -3045,12 +3063,14 @@ def write_tar(
             _check_stop()
             name, _, is_dir, size, mode, mtime, _ = member
             header = member_header(name, is_dir, size, mode, mtime)
-            crc = 0
+            crc, digest = 0, None if written.digests is None else hashlib.sha256()
             if is_dir:
                 sink.write(header)
             else:
-                crc = _write_file(member, header, sink, progress, inspect, directories)
+                crc = _write_file(member, header, sink, progress, inspect, directories, digest)
             written.crcs.append(crc)
+            if written.digests is not None:
+                written.digests.append("" if digest is None or is_dir else digest.hexdigest())
     sink.write(2 * ZERO_BLOCK)  # the end-of-archive marker
     sink.write(bytes(-sink.size % RECORD_SIZE))
     return written
@@ -3483,8 +3503,11 @@ class PackageCheck(NamedTuple):
 class _PackageReview:
     """The checks --verify makes on each member, and on the layout once all are read."""
 
-    def __init__(self, entry_point: Optional[str]) -> None:
+    def __init__(
+        self, entry_point: Optional[str], report: Optional[Mapping[str, Mapping[str, Any]]]
+    ) -> None:
         self.entry_point = entry_point
+        self.report = report  # --expect-report: each member as the report has it, by name
         self.findings: List[Finding] = []
         self.names: Dict[str, bool] = {}  # each name seen: whether it was a directory
         self.files: List[str] = []
@@ -3538,16 +3561,53 @@ class _PackageReview:
                 "is what the default excludes leave out (VCS, "
                 "caches, OS litter): repack without it",
             )
+        digest = None
         if member.kind == "file":
             self.files.append(name)
-            self._credentials(reader, member, name)
+            digest = self._read_file(reader, member, name)
+        if self.report is not None and name:
+            self._compare(name, "dir" if is_dir else "file", member.size, digest)
 
-    def _credentials(self, reader: TarReader, member: TarMember, name: str) -> None:
-        if not name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/")):
+    def _read_file(self, reader: TarReader, member: TarMember, name: str) -> Optional[str]:
+        """Read a file's bytes once, if anything needs them: its SHA-256 (for a report), or
+        its content (small code and calibration files, for credentials)."""
+        scanned = name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/"))
+        kept: Optional[List[bytes]] = [] if scanned and member.size <= SECRET_SCAN_LIMIT else None
+        digest = hashlib.sha256() if self.report is not None else None
+        if kept is not None or digest is not None:
+            for piece in reader.data():
+                if digest is not None:
+                    digest.update(piece)
+                if kept is not None:
+                    kept.append(bytes(piece))
+        if scanned:
+            self._credentials(name, None if kept is None else b"".join(kept))
+        return None if digest is None else digest.hexdigest()
+
+    def _compare(self, name: str, kind: str, size: int, sha256: Optional[str]) -> None:
+        """--expect-report: the member must be in the report with the same type, size, digest."""
+        assert self.report is not None
+        want = self.report.get(name)
+        found = {"type": kind, "size": size if kind == "file" else 0, "sha256": sha256}
+        if want is None:
+            self.add("FAIL", "report", name, "is in the package but not in the report")
             return
+        differ = [key for key in found if want.get(key) != found[key]]
+        if differ:
+            said = ", ".join(
+                f"{key} {want.get(key)} in the report, {found[key]} here" for key in differ
+            )
+            self.add("FAIL", "report", name, f"differs from the report: {said}")
+
+    def unreported_left(self) -> None:
+        """--expect-report: every member the report lists must have been in the package."""
+        for name in sorted(set(self.report or ()) - set(self.names)):
+            self.add("FAIL", "report", name, "is in the report but not in the package")
+
+    def _credentials(self, name: str, content: Optional[bytes]) -> None:
         found = _credential_name(name)
-        if found is None and member.size <= SECRET_SCAN_LIMIT:
-            found = _credential_content(b"".join(reader.data()))
+        if found is None and content is not None:
+            found = _credential_content(content)
         if found is not None:
             self.add(
                 "FAIL",
@@ -3593,14 +3653,23 @@ class _PackageReview:
 
 
 def check_package(
-    path: Union[str, Path], expect_sha256: Optional[str] = None, entry_point: Optional[str] = None
+    path: Union[str, Path],
+    expect_sha256: Optional[str] = None,
+    entry_point: Optional[str] = None,
+    expect_report: Optional[Mapping[str, Any]] = None,
 ) -> PackageCheck:
     """Check any model.tar.gz as SageMaker hosting will use it; write nothing.
 
-    Raises OSError if the file cannot be read (the command line exits 2);
-    everything found in what it holds is a Finding.
+    expect_report, a package.json this script wrote, names the package's
+    SHA-256 and every member's type, size and SHA-256; each must match. Raises
+    OSError if the file cannot be read (the command line exits 2); everything
+    found in what it holds is a Finding.
     """
-    review = _PackageReview(entry_point)
+    members = None
+    if expect_report is not None:
+        members = {entry["name"]: entry for entry in expect_report.get("members", ())}
+        expect_sha256 = expect_sha256 or expect_report.get("sha256")
+    review = _PackageReview(entry_point, members)
     real = os.path.realpath(path)  # the file a symlink names: it is opened without following
     with open(_open_regular(real, None), "rb", buffering=0) as raw:
         compression = _sniffed(raw)
@@ -3617,7 +3686,9 @@ def check_package(
             whole = f"{compression or 'plain tar'}: every header and the end marker whole"
             review.add("PASS", "integrity", "", whole)
             review.layout()
-            for check in ("safety", "credentials", "layout"):
+            review.unreported_left()
+            checks = ("safety", "credentials", "layout", *(("report",) if members else ()))
+            for check in checks:
                 if not any(finding.check == check for finding in review.findings):
                     review.add("PASS", check, "", "nothing found")
         while hashed.read(IO_BLOCK_SIZE):  # the rest, where reading stopped at a fault
@@ -3632,6 +3703,187 @@ def check_package(
             f"expected {expect_sha256}" + ("" if same else f", found {digest}"),
         )
     return PackageCheck(os.fspath(path), digest, review.members, review.bytes, review.findings)
+
+
+# ---------------------------------------------------------------------------
+# What a run leaves: the result, and a report (package.json, an in-toto statement)
+#
+# A pipeline step reads JSON from a ProcessingOutput of its own (PropertyFile, JsonGet),
+# never from beside model.tar.gz, whose prefix the registration step downloads whole.
+# Both files are written once the package is published and verified, each atomically,
+# and are deterministic but for times, measurements and the job's name.
+
+
+class PackageResult(PosixPath):
+    """What package() made: the package's path (os.fspath gives it), with its facts.
+
+    sha256 and size are the file's, members the number of files of the model,
+    the code and the calibration. As a Path it works wherever the path did.
+    """
+
+    sha256: str
+    size: int
+    members: Dict[str, int]
+
+    @classmethod
+    def of(
+        cls, path: Path, sha256: str, size: int, parts: Mapping[str, List[Member]]
+    ) -> "PackageResult":
+        result = cls(path)
+        result.sha256, result.size = sha256, size
+        result.members = {name: len(files) for name, files in parts.items()}
+        return result
+
+    @property
+    def path(self) -> Path:
+        return Path(self)
+
+
+IN_TOTO_STATEMENT = "https://in-toto.io/Statement/v1"
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = f"urn:mims-package:{__version__}"
+REPORT_NAME = "package.json"
+STATEMENT_NAME = "package.intoto.json"
+
+
+def _report_target(report_dir: Union[str, Path, None], output: Path) -> Optional[Path]:
+    """Where the report goes: an explicit dir, or the default one only if it exists."""
+    if report_dir is None:
+        default = Path(DEFAULT_REPORT_PATH)
+        return default if default.is_dir() else None
+    target = Path(report_dir)
+    if _is_inside(target.resolve(), output.resolve()):
+        raise PackagingError(
+            f"the report directory {target} is inside the output directory {output}, whose "
+            "files are all taken for the package: give the report an output of its own"
+        )
+    return target
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _job_name() -> Optional[str]:
+    """The processing job's name, where SageMaker's job config gives one."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        name = json.loads(Path(JOB_CONFIG_PATH).read_text()).get("ProcessingJobName")
+        return name if isinstance(name, str) else None
+    return None
+
+
+def _input_digests(written: Written, inputs: Inputs) -> List[Dict[str, Any]]:
+    """The inputs with their SHA-256s: the archive or the loose model files, code, calibration."""
+    found = []
+    if inputs.archive is not None:
+        found.append(
+            {
+                "name": f"model_input/{inputs.archive.name}",
+                "digest": {"sha256": _archive_sha256(inputs)},
+            }
+        )
+    assert written.digests is not None
+    for member, sha256 in zip(written.members, written.digests):
+        if member.is_dir:
+            continue
+        top = member.name.partition("/")[0]
+        if top == CODE_DIR and inputs.script is not None:
+            name = "script_input/" + member.name[len(CODE_DIR) + 1 :]
+        elif top == CALIBRATION_DIR and inputs.calibration is not None:
+            name = "calibration_model/" + member.name[len(CALIBRATION_DIR) + 1 :]
+        elif inputs.archive is None:
+            name = "model_input/" + member.name
+        else:
+            continue
+        found.append({"name": name, "digest": {"sha256": sha256}})
+    return found
+
+
+def _archive_sha256(inputs: Inputs) -> str:
+    """The model archive's SHA-256, read again as it was checked (its stamp unchanged)."""
+    assert inputs.archive is not None
+    digest = hashlib.sha256()
+    fd = _open_regular(os.fspath(inputs.archive), inputs.archive_stamp)
+    try:
+        for block in iter(functools.partial(os.read, fd, IO_BLOCK_SIZE), b""):
+            digest.update(block)
+        _check_unchanged(fd, os.fspath(inputs.archive), inputs.archive_stamp)
+    finally:
+        os.close(fd)
+    return digest.hexdigest()
+
+
+def write_report(
+    report_dir: Path,
+    result: PackageResult,
+    written: Written,
+    inputs: Inputs,
+    parameters: Mapping[str, Any],
+) -> None:
+    """Write package.json and package.intoto.json for a published package, each atomically."""
+    facts = _FACTS.get()
+    summary = facts.summary(None) if facts is not None else {}
+    assert written.digests is not None
+    members = [
+        {
+            "name": member.name,
+            "type": "dir" if member.is_dir else "file",
+            "size": member.size,
+            "mode": f"{member.mode:04o}",
+            "sha256": sha256 or None,
+        }
+        for member, sha256 in zip(written.members, written.digests)
+    ]
+    dependencies = _input_digests(written, inputs)
+    report = {
+        "package": str(result),
+        "sha256": result.sha256,
+        "size": result.size,
+        "summary": summary,
+        "members": members,
+        "inputs": dependencies,
+    }
+    started = facts.start_wall if facts is not None else time.time()
+    metadata: Dict[str, Any] = {"startedOn": _utc(started), "finishedOn": _utc(time.time())}
+    job = _job_name()
+    if job is not None:
+        metadata["invocationId"] = job
+    statement = {
+        "_type": IN_TOTO_STATEMENT,
+        "subject": [{"name": PACKAGE_NAME, "digest": {"sha256": result.sha256}}],
+        "predicateType": SLSA_PROVENANCE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": dict(parameters),
+                "resolvedDependencies": dependencies,
+            },
+            "runDetails": {"builder": {"id": BUILD_TYPE}, "metadata": metadata},
+        },
+    }
+    with _os_errors("writing the report", report_dir):
+        report_dir.mkdir(parents=True, exist_ok=True)
+        for name, content in ((REPORT_NAME, report), (STATEMENT_NAME, statement)):
+            _write_atomically(
+                report_dir / name, json.dumps(content, indent=2, sort_keys=True) + "\n"
+            )
+    log.info("report: %s and %s in %s", REPORT_NAME, STATEMENT_NAME, report_dir)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write text to path through a temporary file beside it, renamed into place."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(name, 0o644)
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+        raise
 
 
 # ---------------------------------------------------------------------------
@@ -3965,13 +4217,18 @@ def _write_and_verify(
     threads: int,
     adaptive: bool,
     inspect: Inspector,
-) -> Tuple[Path, str, int]:
-    """Write the package next to its final name, verify it, then rename it into place."""
+    digests: bool,
+) -> Tuple[Path, str, int, Written]:
+    """Write the package next to its final name, verify it, then rename it into place.
+
+    Returns its path, SHA-256 and size, and what was written (with each file's
+    SHA-256 if digests).
+    """
     final = output_dir / PACKAGE_NAME
     total = sum(member.size for member in members)
     coding = "adaptive" if adaptive and level else "every chunk at the level"
     log.info("compress: level %d (%s), %d threads, verified while written", level, coding, threads)
-    expected = Written(members)  # filled by write_tar, checked by the read-back as it goes
+    expected = Written(members, digests)  # filled by write_tar, checked by the read-back
     with _temporary_file(output_dir) as temporary:
         progress, doing = _Progress("verify", total), "writing the package"
         reading = (temporary, progress, expected, threads)
@@ -3987,7 +4244,7 @@ def _write_and_verify(
             os.chmod(temporary, 0o644)
             os.replace(temporary, final)
             _fsync_dir(output_dir)
-    return final, digest, final.stat().st_size
+    return final, digest, final.stat().st_size, expected
 
 
 def _dry_run(
@@ -4054,31 +4311,6 @@ def _check_local(option: str, value: Union[str, Path, None]) -> None:
         )
 
 
-class PackageResult(PosixPath):
-    """What package() made: the package's path (os.fspath gives it), with its facts.
-
-    sha256 and size are the file's, members the number of files of the model,
-    the code and the calibration. As a Path it works wherever the path did.
-    """
-
-    sha256: str
-    size: int
-    members: Dict[str, int]
-
-    @classmethod
-    def of(
-        cls, path: Path, sha256: str, size: int, parts: Mapping[str, List[Member]]
-    ) -> "PackageResult":
-        result = cls(path)
-        result.sha256, result.size = sha256, size
-        result.members = {name: len(files) for name, files in parts.items()}
-        return result
-
-    @property
-    def path(self) -> Path:
-        return Path(self)
-
-
 @_stop_on_signals()
 def package(
     model_dir: Union[str, Path, None] = None,
@@ -4097,6 +4329,7 @@ def package(
     entry_point: Optional[str] = None,
     strip_components: int = 0,
     dry_run: bool = False,
+    report_dir: Union[str, Path, None] = None,
 ) -> Optional[PackageResult]:
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
@@ -4111,6 +4344,8 @@ def package(
     drops that many leading components of each member name of a model archive.
     dry_run runs every input and layout check and prints what would ship,
     creating nothing (no output, work or staging dir), and returns None.
+    report_dir gets package.json and package.intoto.json once the package is
+    published (None: DEFAULT_REPORT_PATH, only if it exists).
     """
     started = time.monotonic()
     log.info("mims_package %s on Python %s", __version__, sys.version.split()[0])
@@ -4120,6 +4355,7 @@ def package(
         "--output-dir": output_dir,
         "--calibration-dir": calibration_dir,
         "--work-dir": work_dir,
+        "--report-dir": report_dir,
     }
     for option, value in given.items():
         _check_local(option, value)
@@ -4143,6 +4379,7 @@ def package(
     _check_strip_components(strip_components, inputs)
     _log_inputs(inputs)
     explicit_work = Path(work_dir) if work_dir is not None else None
+    report = _report_target(report_dir, output)
     _check_outside_inputs("output", output, inputs.paths())
     if explicit_work is not None:
         _check_outside_inputs("work", explicit_work, inputs.paths())
@@ -4166,8 +4403,14 @@ def package(
             _check_and_log_members(members, inputs, entry_point)
             credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
             credentials.names(members)
-            final, digest, size = _write_and_verify(
-                members, output, compression_level, threads, adaptive, credentials.content
+            final, digest, size, written = _write_and_verify(
+                members,
+                output,
+                compression_level,
+                threads,
+                adaptive,
+                credentials.content,
+                digests=report is not None,
             )
     seconds = time.monotonic() - started
     bytes_in = sum(member.size for member in members)
@@ -4191,7 +4434,19 @@ def package(
     )
     ratio = round(size / bytes_in, 4) if bytes_in else 1.0
     _record(sha256=digest, package_bytes=size, input_bytes=bytes_in, ratio=ratio)
-    return PackageResult.of(final, digest, size, _files_by_part(members))
+    result = PackageResult.of(final, digest, size, _files_by_part(members))
+    if report is not None:
+        shaping = {
+            "compression_level": compression_level,
+            "adaptive": adaptive,
+            "excludes": list(patterns.patterns),
+            "keep_mtimes": keep_mtimes,
+            "source_date_epoch": source_date_epoch,
+            "strip_components": strip_components,
+            "entry_point": entry_point or DEFAULT_ENTRY_POINT,
+        }
+        write_report(report, result, written, inputs, shaping)
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -4352,6 +4607,7 @@ def _package_for(
         entry_point=getattr(job_args, "entry_point", None),
         strip_components=getattr(job_args, "strip_components", 0),
         dry_run=getattr(job_args, "dry_run", False),
+        report_dir=outputs["package_report"],
     )
 
 
@@ -4394,6 +4650,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir",
         default=DEFAULT_OUTPUT_PATH,
         help="where model.tar.gz is written (created if missing)",
+    )
+    parser.add_argument(
+        "--report-dir",
+        default=None,
+        help="where package.json (the summary and every member's SHA-256) and "
+        "package.intoto.json (an in-toto provenance statement) go, created if missing; "
+        f"default: {DEFAULT_REPORT_PATH}, only if it exists (a ProcessingOutput of its own)",
     )
     parser.add_argument(
         "--work-dir",
@@ -4490,6 +4753,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --verify: the package's SHA-256 must be this",
     )
     checking.add_argument(
+        "--expect-report",
+        metavar="PACKAGE_JSON",
+        help="with --verify: the package.json of the job that wrote the package; its SHA-256 "
+        "and every member's type, size and SHA-256 must match, and any that differs is named",
+    )
+    checking.add_argument(
         "--json",
         action="store_true",
         help="with --verify: print one JSON object (logs go to standard error)",
@@ -4513,17 +4782,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _read_report(path: Path) -> Dict[str, Any]:
+    """A package.json, as --expect-report reads it."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise PackagingError(f"the report {path} is not JSON ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("members"), list):
+        raise PackagingError(f"the report {path} has no member list: give a package.json")
+    return report
+
+
 def _verify_command(args: argparse.Namespace) -> int:
     """--verify: check the package, print the findings (or one JSON object); the exit code."""
     logging.basicConfig(
         stream=sys.stderr if args.json else sys.stdout, level=args.log_level, format=LOG_FORMAT
     )
     try:
+        report = None
+        if args.expect_report is not None:
+            report = _read_report(Path(args.expect_report))
         with _stop_on_signals():
-            result = check_package(args.verify, args.expect_sha256, args.entry_point)
-    except (OSError, PackagingError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        log.error("cannot read %s: %s; give the path of a model.tar.gz", args.verify, reason)
+            result = check_package(args.verify, args.expect_sha256, args.entry_point, report)
+    except OSError as exc:
+        log.error("cannot read %s: %s", exc.filename or args.verify, exc.strerror or exc)
+        return 2
+    except PackagingError as exc:
+        log.error("%s", exc)
         return 2
     if args.json:
         report = {**result._asdict(), "status": result.status}
@@ -4558,8 +4843,8 @@ def cli(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.verify is not None:
         return _verify_command(args)
-    if args.expect_sha256 is not None or args.json:
-        build_parser().error("--expect-sha256 and --json go with --verify PACKAGE")
+    if args.expect_sha256 is not None or args.expect_report is not None or args.json:
+        build_parser().error("--expect-sha256, --expect-report and --json go with --verify")
     logging.basicConfig(stream=sys.stdout, level=args.log_level, format=LOG_FORMAT)
     environ = {name: os.environ[name] for name in OPTIONAL_ENV_VARS if name in os.environ}
     try:
@@ -4570,7 +4855,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
                     "script_input": args.script_dir,
                     "calibration_model": args.calibration_dir,
                 },
-                {"package_output": args.output_dir},
+                {"package_output": args.output_dir, "package_report": args.report_dir},
                 environ,
                 args,
             )

@@ -207,6 +207,7 @@ def no_sagemaker_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake = tmp_path / "opt-ml"
     for name, path in (("SCRIPT", "script"), ("CALIBRATION", "calibration")):
         monkeypatch.setattr(mims_package, f"DEFAULT_{name}_PATH", str(fake / "input" / path))
+    monkeypatch.setattr(mims_package, "DEFAULT_REPORT_PATH", str(fake / "report"))
     monkeypatch.setattr(
         mims_package, "JOB_CONFIG_PATH", str(fake / "config" / "processingjobconfig.json")
     )

@@ -43,6 +43,7 @@ COMPAT = ["tests/test_tar_compat.py", "tests/test_tar_reader.py"]
 LAYOUT = ["tests/test_layout.py", "tests/test_inputs.py"]
 VERIFY = ["tests/test_verify_command.py"]
 DRY_RUN = ["tests/test_dry_run.py"]
+EVIDENCE = ["tests/test_evidence.py"]
 SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
 
 
@@ -799,7 +800,12 @@ MUTANTS = [
     ),
     Mutant(
         "verify: code not read for credentials",
-        [('            found = _credential_content(b"".join(reader.data()))', "            pass")],
+        [
+            (
+                "        kept: Optional[List[bytes]] = [] if scanned and",
+                "        kept: Optional[List[bytes]] = None if scanned and",
+            )
+        ],
         VERIFY,
     ),
     Mutant(
@@ -853,6 +859,51 @@ MUTANTS = [
             )
         ],
         DRY_RUN,
+    ),
+    # Evidence: the report's digests and the statement's subject.
+    Mutant(
+        "report: a file's digest misses its first block",
+        [
+            (
+                "        copied, crc = len(block), zlib.crc32(block)\n"
+                "        if digest is not None:\n"
+                "            digest.update(block)\n",
+                "        copied, crc = len(block), zlib.crc32(block)\n",
+            )
+        ],
+        EVIDENCE,
+    ),
+    Mutant(
+        "report: the subject names another digest",
+        [
+            (
+                '"subject": [{"name": PACKAGE_NAME, "digest": {"sha256": result.sha256}}]',
+                '"subject": [{"name": PACKAGE_NAME, "digest": '
+                '{"sha256": hashlib.sha256().hexdigest()}}]',
+            )
+        ],
+        EVIDENCE,
+    ),
+    Mutant(
+        "expect-report: members not compared",
+        [
+            (
+                "        differ = [key for key in found if want.get(key) != found[key]]",
+                "        differ = []",
+            )
+        ],
+        EVIDENCE,
+    ),
+    Mutant(
+        "summary: not printed after a failure",
+        [
+            (
+                "        print(json.dumps(facts.summary(error)), flush=True)",
+                "        if error is None:\n"
+                "            print(json.dumps(facts.summary(error)), flush=True)",
+            )
+        ],
+        EVIDENCE,
     ),
     Mutant(
         "adaptive: a tie goes to Huffman",

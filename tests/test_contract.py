@@ -29,7 +29,11 @@ def test_contract_constants_and_cli_defaults_agree() -> None:
     assert contract["optional_input_paths"] == ["calibration_model"]
     # (conftest points the optional inputs' defaults into tmp_path, away from the host's /opt/ml)
     assert defaults["calibration_dir"] == mims_package.DEFAULT_CALIBRATION_PATH
-    assert contract["expected_output_paths"] == {"package_output": mims_package.DEFAULT_OUTPUT_PATH}
+    assert contract["expected_output_paths"] == {
+        "package_output": mims_package.DEFAULT_OUTPUT_PATH,
+        "package_report": "/opt/ml/processing/report",
+    }
+    assert contract["optional_output_paths"] == ["package_report"]
     assert (
         defaults["model_dir"] == "/opt/ml/processing/input/model" == mims_package.DEFAULT_MODEL_PATH
     )

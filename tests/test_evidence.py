@@ -6,10 +6,11 @@ import hashlib
 import json
 import os
 import signal
+import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import Job, archive_tree, stop_during, write_tree
+from conftest import Job, archive_tree, run_cli, stop_during, write_tree
 
 import mims_package
 
@@ -114,3 +115,121 @@ def test_package_returns_a_path_with_its_facts(job: Job) -> None:
     assert result.sha256 == hashlib.sha256(job.package.read_bytes()).hexdigest()
     assert result.size == job.package.stat().st_size
     assert result.members == {"model": 1, "code": 1, "calibration": 0}
+
+
+# The report: package.json and an in-toto statement, in an output of their own.
+
+
+def packaged_with_report(job: Job, *extra: object) -> tuple[dict, dict]:  # type: ignore[type-arg]
+    trained = write_tree(job.tmp / "trained", {"w.bin": b"weights", "sub/v.json": "{}"})
+    archive_tree(trained, job.model / "model.tar.gz")
+    write_tree(job.script, {"inference.py": "def model_fn(d): pass\n"})
+    result = job.cli("--report-dir", job.tmp / "report", *extra)
+    assert result.returncode == 0, result.stdout
+    report = json.loads((job.tmp / "report" / "package.json").read_text())
+    statement = json.loads((job.tmp / "report" / "package.intoto.json").read_text())
+    return report, statement
+
+
+def test_the_report_equals_the_package_digest_by_digest(job: Job) -> None:
+    report, _ = packaged_with_report(job)
+    data = job.package.read_bytes()
+    assert report["sha256"] == hashlib.sha256(data).hexdigest() and report["size"] == len(data)
+    assert report["summary"]["event"] == "mims_package"
+    with tarfile.open(job.package) as tar:
+        found = {
+            info.name: {
+                "name": info.name,
+                "type": "dir" if info.isdir() else "file",
+                "size": info.size,
+                "mode": f"{info.mode:04o}",
+                "sha256": None
+                if info.isdir()
+                else hashlib.sha256(tar.extractfile(info).read()).hexdigest(),  # type: ignore[union-attr]
+            }
+            for info in tar
+        }
+    assert report["members"] == [found[name] for name in found]
+    archive = hashlib.sha256((job.model / "model.tar.gz").read_bytes()).hexdigest()
+    inference = found["code/inference.py"]["sha256"]
+    assert report["inputs"] == [
+        {"name": "model_input/model.tar.gz", "digest": {"sha256": archive}},
+        {"name": "script_input/inference.py", "digest": {"sha256": inference}},
+    ]
+
+
+def test_the_statement_is_in_toto_v1_with_slsa_provenance(job: Job) -> None:
+    report, statement = packaged_with_report(job, "--compression-level", "9")
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["subject"] == [
+        {"name": "model.tar.gz", "digest": {"sha256": report["sha256"]}}
+    ]
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    definition = statement["predicate"]["buildDefinition"]
+    assert definition["buildType"] == f"urn:mims-package:{mims_package.__version__}"
+    assert definition["externalParameters"]["compression_level"] == 9
+    assert definition["resolvedDependencies"] == report["inputs"]
+    details = statement["predicate"]["runDetails"]
+    assert details["builder"]["id"] == definition["buildType"]
+    assert details["metadata"]["startedOn"] <= details["metadata"]["finishedOn"]
+
+
+def test_the_job_name_is_the_invocation_id(job: Job, no_sagemaker_paths: Path) -> None:
+    write_tree(
+        no_sagemaker_paths / "config",
+        {"processingjobconfig.json": '{"ProcessingJobName": "pkg-1"}'},
+    )
+    write_tree(job.model, {"w.bin": b"w"})
+    mims_package.package(
+        job.model, job.script, job.output, work_dir=job.work, report_dir=job.tmp / "r"
+    )
+    statement = json.loads((job.tmp / "r" / "package.intoto.json").read_text())
+    assert statement["predicate"]["runDetails"]["metadata"]["invocationId"] == "pkg-1"
+
+
+def test_with_the_default_report_dir_absent_nothing_is_created(
+    job: Job, no_sagemaker_paths: Path
+) -> None:
+    write_tree(job.model, {"w.bin": b"w"})
+    job.main()
+    assert not (no_sagemaker_paths / "report").exists()
+    (no_sagemaker_paths / "report").mkdir(parents=True)  # as a ProcessingOutput maps it
+    job.main()
+    assert sorted(p.name for p in (no_sagemaker_paths / "report").iterdir()) == [
+        "package.intoto.json",
+        "package.json",
+    ]
+
+
+def test_a_report_dir_inside_the_output_is_refused(job: Job) -> None:
+    write_tree(job.model, {"w.bin": b"w"})
+    result = job.cli("--report-dir", job.output / "report")
+    assert result.returncode == 1 and "inside the output directory" in result.stdout
+    assert not job.package.exists()
+
+
+def test_expect_report_names_a_tampered_member(job: Job) -> None:
+    packaged_with_report(job)
+    report_path = job.tmp / "report" / "package.json"
+    result = run_cli("--verify", job.package, "--expect-report", report_path)
+    assert result.returncode == 0 and "PASS report: nothing found" in result.stdout
+    report = json.loads(report_path.read_text())
+    for member in report["members"]:
+        if member["name"] == "w.bin":
+            member["sha256"] = "0" * 64
+    report_path.write_text(json.dumps(report))
+    result = run_cli("--verify", job.package, "--expect-report", report_path)
+    assert result.returncode == 1
+    (failed,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert failed.startswith("FAIL report: w.bin: differs from the report: sha256 0000")
+
+
+def test_expect_report_names_a_member_the_package_lacks(job: Job) -> None:
+    packaged_with_report(job)
+    report_path = job.tmp / "report" / "package.json"
+    report = json.loads(report_path.read_text())
+    report["members"].append({"name": "extra.bin", "type": "file", "size": 1, "sha256": "0" * 64})
+    report_path.write_text(json.dumps(report))
+    result = run_cli("--verify", job.package, "--expect-report", report_path)
+    assert result.returncode == 1
+    assert "FAIL report: extra.bin: is in the report but not in the package" in result.stdout
