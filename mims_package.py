@@ -947,6 +947,7 @@ class Inputs:
         self.archive = find_model_archive(model)
         # The archive as it was checked: extraction reads exactly this file, unchanged.
         self.archive_stamp = check_is_tar(self.archive) if self.archive is not None else 0
+        self.archive_sha256: Optional[Any] = None  # a hash to update as it is read, if wanted
         self.script = _optional_dir(script, DEFAULT_SCRIPT_PATH, "script input", "--script-dir")
         self.calibration = _optional_dir(
             calibration, DEFAULT_CALIBRATION_PATH, "calibration input", "--calibration-dir"
@@ -1632,6 +1633,19 @@ def _compression(head: bytes) -> Optional[str]:
     return next((name for magic, name in COMPRESSIONS if head.startswith(magic)), None)
 
 
+class _HashingReader:
+    """Passes reads through, hashing the bytes into sha256 (a new hash if none)."""
+
+    def __init__(self, raw: "_Readable", sha256: Optional[Any] = None) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256() if sha256 is None else sha256
+
+    def read(self, size: int) -> bytes:
+        data = self._raw.read(size)
+        self.sha256.update(data)
+        return data
+
+
 def _sniffed(raw: IO[bytes]) -> Optional[str]:
     """The compression raw's first bytes show (None: plain tar); raw is left at its start."""
     compression = _compression(raw.read(BLOCK_SIZE))
@@ -2158,6 +2172,7 @@ def extract_archive(
     excludes: Optional[Excludes],
     held: Path,
     strip_components: int = 0,
+    sha256: Optional[Any] = None,
 ) -> Extracted:
     """Extract the untrusted model archive into the empty directory dest.
 
@@ -2171,21 +2186,32 @@ def extract_archive(
     tar end marker included. Excluded files go to held (see _Extractor).
     """
     extractor = _Extractor(dest, excludes, held, strip_components)
-    read_archive(extractor, archive, stamp)
+    read_archive(extractor, archive, stamp, sha256)
     return Extracted(extractor.size, extractor.linked)
 
 
-def read_archive(extractor: _Extractor, archive: Path, stamp: int) -> None:
-    """Hand every member of the archive (which must have stamp throughout) to extractor."""
+def read_archive(
+    extractor: _Extractor, archive: Path, stamp: int, sha256: Optional[Any] = None
+) -> None:
+    """Hand every member of the archive (which must have stamp throughout) to extractor.
+
+    sha256, if given, is updated with every byte of the archive file, on the
+    read-ahead thread, so that a report has the archive's digest without a second read.
+    """
     corrupt = _bad_data(functools.partial(_corrupt, archive))
     fd = _open_regular(os.fspath(archive), stamp)
-    with open(fd, "rb", buffering=0) as raw, corrupt, _ReadAhead(_decompressed(raw)) as stream:
-        progress = _Progress("extract", os.fstat(fd).st_size)
-        reader = TarReader(stream)
-        for member in reader.members():
-            _check_stop()
-            extractor.add(reader, member)
-            progress.update(raw.tell())
+    with open(fd, "rb", buffering=0) as raw, corrupt:
+        compression = _sniffed(raw)
+        source = raw if sha256 is None else _HashingReader(raw, sha256)
+        with _ReadAhead(_decoding(source, compression)) as stream:
+            progress = _Progress("extract", os.fstat(fd).st_size)
+            reader = TarReader(stream)
+            for member in reader.members():
+                _check_stop()
+                extractor.add(reader, member)
+                progress.update(raw.tell())
+        while source.read(IO_BLOCK_SIZE):  # the file to its end, as the digest must see it
+            pass
         _check_unchanged(fd, os.fspath(archive), stamp)
     extractor.finish()
 
@@ -3080,19 +3106,6 @@ def write_tar(
 # Verification: read the package back from disk
 
 
-class _HashingReader:
-    """Passes reads through, hashing the bytes: the package file's SHA-256 for the log."""
-
-    def __init__(self, raw: "_Readable") -> None:
-        self._raw = raw
-        self.sha256 = hashlib.sha256()
-
-    def read(self, size: int) -> bytes:
-        data = self._raw.read(size)
-        self.sha256.update(data)
-        return data
-
-
 def _undecodable(exc: BaseException) -> PackagingError:
     return PackagingError(f"the package does not decode: {exc}")
 
@@ -3775,13 +3788,9 @@ def _job_name() -> Optional[str]:
 def _input_digests(written: Written, inputs: Inputs) -> List[Dict[str, Any]]:
     """The inputs with their SHA-256s: the archive or the loose model files, code, calibration."""
     found = []
-    if inputs.archive is not None:
-        found.append(
-            {
-                "name": f"model_input/{inputs.archive.name}",
-                "digest": {"sha256": _archive_sha256(inputs)},
-            }
-        )
+    if inputs.archive is not None and inputs.archive_sha256 is not None:
+        digest = inputs.archive_sha256.hexdigest()
+        found.append({"name": f"model_input/{inputs.archive.name}", "digest": {"sha256": digest}})
     assert written.digests is not None
     for member, sha256 in zip(written.members, written.digests):
         if member.is_dir:
@@ -3797,20 +3806,6 @@ def _input_digests(written: Written, inputs: Inputs) -> List[Dict[str, Any]]:
             continue
         found.append({"name": name, "digest": {"sha256": sha256}})
     return found
-
-
-def _archive_sha256(inputs: Inputs) -> str:
-    """The model archive's SHA-256, read again as it was checked (its stamp unchanged)."""
-    assert inputs.archive is not None
-    digest = hashlib.sha256()
-    fd = _open_regular(os.fspath(inputs.archive), inputs.archive_stamp)
-    try:
-        for block in iter(functools.partial(os.read, fd, IO_BLOCK_SIZE), b""):
-            digest.update(block)
-        _check_unchanged(fd, os.fspath(inputs.archive), inputs.archive_stamp)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
 
 
 def write_report(
@@ -4097,6 +4092,7 @@ def _extract_archive_for_plan(
             excludes,
             staging / "excluded",
             strip_components,
+            inputs.archive_sha256,
         )
         phase.amount = _human(done.size)
     for name, source in added.items():
@@ -4380,6 +4376,8 @@ def package(
     _log_inputs(inputs)
     explicit_work = Path(work_dir) if work_dir is not None else None
     report = _report_target(report_dir, output)
+    if report is not None:
+        inputs.archive_sha256 = hashlib.sha256()
     _check_outside_inputs("output", output, inputs.paths())
     if explicit_work is not None:
         _check_outside_inputs("work", explicit_work, inputs.paths())
@@ -4445,7 +4443,13 @@ def package(
             "strip_components": strip_components,
             "entry_point": entry_point or DEFAULT_ENTRY_POINT,
         }
-        write_report(report, result, written, inputs, shaping)
+        try:
+            write_report(report, result, written, inputs, shaping)
+        except PackagingError as exc:
+            raise PackagingError(
+                f"{exc}. The package {final} is published and verified, but has no report: "
+                "fix the report directory and run again"
+            ) from None
     return result
 
 

@@ -202,7 +202,14 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
         == "/opt/ml/processing/input/calibration"
     )
     outputs = processing["ProcessingOutputConfig"]["Outputs"]
-    assert [o["OutputName"] for o in outputs] == ["package_output"]
+    assert [o["OutputName"] for o in outputs] == ["package_output", "package_report"]
+    assert by_name["MimsPackage"]["PropertyFiles"] == [
+        {
+            "PropertyFileName": "PackageReport",
+            "OutputName": "package_report",
+            "FilePath": "package.json",
+        }
+    ]
     registers = [s for s in definition["Steps"] if s["Type"] == "RegisterModel"]
     assert [s["Type"] for s in definition["Steps"]] == ["Processing", "RegisterModel"]  # no repack
     (container,) = registers[0]["Arguments"]["InferenceSpecification"]["Containers"]
@@ -219,5 +226,13 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
         }
     }
     assert container["Environment"] == ENV
+    assert registers[0]["Arguments"]["CustomerMetadataProperties"] == {
+        "package_sha256": {
+            "Std:JsonGet": {
+                "PropertyFile": {"Get": "Steps.MimsPackage.PropertyFiles.PackageReport"},
+                "Path": "sha256",
+            }
+        }
+    }
     uploaded = [kwargs for _, _, kwargs in recorder.uploads()]
     assert all("model.tar.gz" not in json.dumps(kwargs, default=str) for kwargs in uploaded)
