@@ -233,3 +233,14 @@ def test_expect_report_names_a_member_the_package_lacks(job: Job) -> None:
     result = run_cli("--verify", job.package, "--expect-report", report_path)
     assert result.returncode == 1
     assert "FAIL report: extra.bin: is in the report but not in the package" in result.stdout
+
+
+def test_a_report_that_cannot_be_written_fails_and_says_the_package_stands(job: Job) -> None:
+    write_tree(job.model, {"w.bin": b"w"})
+    blocker = job.tmp / "report"
+    blocker.write_text("a file where the report dir should be")
+    result = job.cli("--report-dir", blocker)
+    assert result.returncode == 1
+    error = next(line for line in result.stdout.splitlines() if " ERROR " in line)
+    assert "while writing the report" in error and "is published and verified" in error
+    assert job.package.exists() and job.leftovers() == []
