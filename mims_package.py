@@ -120,7 +120,7 @@ from typing import (
 # ---------------------------------------------------------------------------
 # Contract and constants
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 DEFAULT_MODEL_PATH = "/opt/ml/processing/input/model"
 DEFAULT_SCRIPT_PATH = "/opt/ml/processing/input/script"

@@ -309,3 +309,10 @@ def test_progress_counts_the_same_bytes_on_both_sides(
     job.main()
     percents = [int(p) for p in re.findall(r"(?:compress|verify): .* \((\d+)%\)", caplog.text)]
     assert percents and max(percents) <= 100
+
+
+def test_one_version_in_the_script_and_the_project() -> None:
+    import tomllib
+
+    project = tomllib.loads((SCRIPT.parent / "pyproject.toml").read_text())["project"]
+    assert project["version"] == mims_package.__version__
