@@ -948,6 +948,7 @@ class Inputs:
         # The archive as it was checked: extraction reads exactly this file, unchanged.
         self.archive_stamp = check_is_tar(self.archive) if self.archive is not None else 0
         self.archive_sha256: Optional[Any] = None  # a hash to update as it is read, if wanted
+        self.planned_bytes: Dict[str, bytes] = {}  # --dry-run: the archive's code, to screen
         self.script = _optional_dir(script, DEFAULT_SCRIPT_PATH, "script input", "--script-dir")
         self.calibration = _optional_dir(
             calibration, DEFAULT_CALIBRATION_PATH, "calibration input", "--calibration-dir"
@@ -2424,10 +2425,19 @@ class _Planner(_Extractor):
         pass
 
     def _write_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
-        self.size += member.size  # the reader reads the data past, and checks it
+        """Keep the bytes a credential screen reads (small code and calibration files);
+        the reader reads the rest past, and checks it."""
+        name = path[len(self._dest) + 1 :]
+        if name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/")) and (
+            member.size <= SECRET_SCAN_LIMIT
+        ):
+            self.kept[name] = b"".join(reader.data())
+        self.size += member.size
 
     def _finish_on_disk(self) -> None:
         pass
+
+    kept: Dict[str, bytes]
 
     def members(self, archive: Path, skip: Collection[str]) -> List[Member]:
         """The members staging would make of the tree (unsorted), but top-level names in skip."""
@@ -2467,7 +2477,9 @@ class _Planner(_Extractor):
                 else:
                     if linked or is_link:
                         budget.add(node.size)
-                    members.append(Member(full, "", False, node.size, node.mode, 0, 0))
+                    # path: its name in the archive's tree (no file on disk; stamp 0 says so)
+                    real_name = "/".join(parts)
+                    members.append(Member(full, real_name, False, node.size, node.mode, 0, 0))
                 if linked:
                     budget.check_entries(len(members))
         return members
@@ -4124,6 +4136,7 @@ def _read_archive_for_plan(
         "model archive: %s (%s), read without extracting", archive, _human(archive.stat().st_size)
     )
     planner = _Planner(archive, excludes, archive, strip_components)  # paths never written
+    planner.kept = inputs.planned_bytes
     with _phase("read") as phase, _os_errors("reading the model archive", archive):
         read_archive(planner, archive, inputs.archive_stamp)
         phase.amount = _human(planner.size)
@@ -4258,6 +4271,9 @@ def _dry_run(
     credentials.names(members)
     with _DirectoryChain() as directories:
         for member in (m for m in members if credentials.reads(m)):
+            if not member.stamp:  # planned from the model archive, which kept its bytes
+                credentials.content(member, inputs.planned_bytes.get(member.path, b""))
+                continue
             fd = directories.open_file(member.path, member.stamp)
             try:
                 data, _ = _read_block(fd, member, 0)

@@ -126,3 +126,21 @@ def test_a_dry_run_passes_where_the_real_run_passes_and_warns_alike(job: Job) ->
         line.split(" WARNING ")[1] for line in real.stdout.splitlines() if " WARNING " in line
     ]
     assert len(warnings) == 2  # one top folder, no inference.py
+
+
+def test_code_that_the_model_archive_brings_is_screened_as_in_the_real_run(job: Job) -> None:
+    make_archive(
+        job.model / "model.tar.gz",
+        [
+            tar_member("m.bin", b"m"),
+            tar_member("code/inference.py", b""),
+            tar_member("code/settings.py", KEYS.encode()),
+            tar_member("code/alias.py", type=SYM, linkname="settings.py"),
+        ],
+    )
+    # The script dir is empty: the archive's code/ ships.
+    code, lines = dry_run(job)
+    real = job.cli()
+    assert code == real.returncode == 1, lines
+    error = next(line for line in lines if " ERROR " in line)
+    assert "it holds an AWS access key id with a secret access key" in error
