@@ -42,21 +42,25 @@ library only; Python 3.7 or later.
 The file reads in pipeline order, one section each:
 
 * Contract and constants: default paths, limits, excludes, the CONTRACT.
-* Errors: PackagingError, escaping, disk-error messages, phases and progress.
+* Errors: PackagingError, stops, escaping, disk-error messages, the run's facts (for
+  the summary line), phases and progress.
 * Finding the inputs: tree walks, excludes, the snapshot rule (stamps, directory
   descriptors), symlink resolution, the checked inputs.
 * The tar format: headers packed by hand, and the strict reader of tar streams.
 * Safe extraction: decoders, format checks, read-ahead, the checks on every member.
 * Staging: the package's members, read in place, real files and directories only;
-  the copy budget for links.
+  the copy budget for links; the planner that --dry-run reads an archive with.
 * What goes into the package: members with normalized metadata; no credentials; the
   layout checks (one top folder, the entry point, swapped inputs, archives alone).
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
 * Verification: the package read back from disk, pieces inflated in parallel, compared.
-* Checking any package: --verify, with the same reader, writing nothing.
-* The job: work and output dirs, staging, package().
-* Entry points: main() for pipelines, cli() for the command line.
+* Checking any package: --verify (and --expect-report), with the same reader, writing
+  nothing.
+* What a run leaves: PackageResult, and the report (package.json, an in-toto statement).
+* The job: work and output dirs, staging, --dry-run, package().
+* Entry points: main() for pipelines (it prints the summary line), cli() for the
+  command line.
 """
 
 import sys
