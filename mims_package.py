@@ -3768,6 +3768,28 @@ class PackageResult(PosixPath):
         return Path(self)
 
 
+@contextlib.contextmanager
+def _temporary_file(final: Path) -> Iterator[Path]:
+    """A temporary file beside final, named after it, removed unless the block renamed it."""
+    with _os_errors(f"creating {final.name}", final.parent):
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 IN_TOTO_STATEMENT = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = f"urn:mims-package:{__version__}"
@@ -3847,7 +3869,7 @@ def write_report(
     ]
     dependencies = _input_digests(written, inputs)
     report = {
-        "package": str(result),
+        "package": os.path.abspath(result),
         "sha256": result.sha256,
         "size": result.size,
         "summary": summary,
@@ -3882,19 +3904,14 @@ def write_report(
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Write text to path through a temporary file beside it, renamed into place."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with open(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(name, 0o644)
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
+    """Write text to path through a temporary file beside it, fsync'd and renamed into place."""
+    with _temporary_file(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    _fsync_dir(path.parent)
 
 
 # ---------------------------------------------------------------------------
@@ -3913,28 +3930,6 @@ def _staging_dir(work_dir: Path) -> Iterator[Path]:
             _remove_tree(path)
         except OSError as exc:
             log.warning("could not remove the staging directory %s: %s", path, exc)
-
-
-@contextlib.contextmanager
-def _temporary_file(directory: Path) -> Iterator[Path]:
-    """A temporary file in directory, removed unless the block renamed it away."""
-    with _os_errors("creating the package file", directory):
-        fd, name = tempfile.mkstemp(prefix=".model.tar.gz.", suffix=".partial", dir=directory)
-    os.close(fd)
-    path = Path(name)
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _inside_any(path: Path, inputs: Tuple[Path, ...]) -> Optional[Path]:
@@ -4242,7 +4237,7 @@ def _write_and_verify(
     coding = "adaptive" if adaptive and level else "every chunk at the level"
     log.info("compress: level %d (%s), %d threads, verified while written", level, coding, threads)
     expected = Written(members, digests)  # filled by write_tar, checked by the read-back
-    with _temporary_file(output_dir) as temporary:
+    with _temporary_file(final) as temporary:
         progress, doing = _Progress("verify", total), "writing the package"
         reading = (temporary, progress, expected, threads)
         with _os_errors(doing, temporary), _ReadBack(*reading) as back:
