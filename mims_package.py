@@ -125,6 +125,17 @@ from typing import (
 # Contract and constants
 
 __version__ = "1.2.0"
+__all__ = [
+    "CONTRACT",
+    "Finding",
+    "PackageCheck",
+    "PackageResult",
+    "PackagingError",
+    "check_package",
+    "cli",
+    "main",
+    "package",
+]
 
 DEFAULT_MODEL_PATH = "/opt/ml/processing/input/model"
 DEFAULT_SCRIPT_PATH = "/opt/ml/processing/input/script"
