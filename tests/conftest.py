@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,6 +109,14 @@ def read_package(path: Path) -> dict[str, Entry]:
 def files_of(path: Path) -> dict[str, bytes]:
     """The package's regular files and their bytes."""
     return {name: e.data for name, e in read_package(path).items() if e.type == "file"}
+
+
+def readme_blocks(section: str, subsection: str) -> list[str]:
+    """The ```python blocks under the README's "## section" and its "### subsection", in order."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    body = body.split(f"\n### {subsection}\n", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", body, re.S)
 
 
 WITHOUT_DATA_FILTER = "MIMS_TEST_WITHOUT_DATA_FILTER"

@@ -1,7 +1,7 @@
-"""The README's SageMaker snippets, run against the real SDK (v2) with stubbed AWS clients.
+"""The README's SageMaker SDK v2 snippets, run against the real SDK with stubbed AWS clients.
 
-The Python blocks of "Running it on SageMaker" and "Deploying the package" are
-taken from README.md itself, so the docs cannot drift from what is tested. The
+The Python blocks of "Running it on SageMaker" and "Deploying the package", under
+"SDK v2", are taken from README.md itself, so the docs cannot drift from what is tested. The
 AWS clients are mocks that record every call: no network, no credentials. The
 assertions are the deploy path's promises: CreateModel and CreateModelPackage get
 the package's own URI, unchanged; the two env vars are set; nothing is uploaded
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any
 from unittest import mock
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, readme_blocks
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 sagemaker = pytest.importorskip("sagemaker", reason="sagemaker<3 is not installed")
@@ -28,13 +27,6 @@ REGION = "us-east-1"
 ROLE = "arn:aws:iam::111122223333:role/mims"
 PACKAGE_URI = "s3://my-bucket/packages/model.tar.gz"
 ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"}
-
-
-def readme_blocks(section: str) -> list[str]:
-    """The ```python blocks of one README section, in order."""
-    text = (ROOT / "README.md").read_text()
-    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, re.S)
 
 
 class Recorder:
@@ -117,7 +109,7 @@ def run_blocks(blocks: list[str], names: dict[str, Any]) -> dict[str, Any]:
 def test_the_readme_deploy_snippet_creates_the_model_from_the_package_as_is() -> None:
     recorder = Recorder()
     session = stubbed(sagemaker.Session, recorder)
-    deploy = readme_blocks("Deploying the package")[0]
+    deploy = readme_blocks("Deploying the package", "SDK v2")[0]
     run_blocks([deploy], {"session": session, "role": ROLE, "region": REGION})
     (create,) = recorder.named("create_model")
     container = create["PrimaryContainer"]
@@ -132,7 +124,7 @@ def test_the_readme_model_registers_the_package_as_is_with_a_plain_session() -> 
     recorder = Recorder()
     session = stubbed(sagemaker.Session, recorder)
     names = run_blocks(
-        readme_blocks("Deploying the package")[:1],
+        readme_blocks("Deploying the package", "SDK v2")[:1],
         {"session": session, "role": ROLE, "region": REGION},
     )
     names["model"].register(
@@ -153,7 +145,7 @@ def test_the_readme_model_registers_the_package_as_is_with_a_plain_session() -> 
 def test_network_isolation_on_the_plain_model_repacks_nothing() -> None:
     recorder = Recorder()
     session = stubbed(sagemaker.Session, recorder)
-    deploy = readme_blocks("Deploying the package")[0].replace(
+    deploy = readme_blocks("Deploying the package", "SDK v2")[0].replace(
         "    sagemaker_session=session,",
         "    sagemaker_session=session,\n    enable_network_isolation=True,",
     )
@@ -181,12 +173,12 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
         "calibration_s3_uri": "s3://my-bucket/calibration/",
         "package_s3_uri": "s3://my-bucket/packages/",
     }
-    running = readme_blocks("Running it on SageMaker")[0]
+    running = readme_blocks("Running it on SageMaker", "SDK v2")[0]
     cwd = os.getcwd()
     os.chdir(ROOT)  # processor.run(code="mims_package.py") reads the script from here
     try:
         run_blocks([running], names)
-        run_blocks(readme_blocks("Deploying the package")[1:2], names)
+        run_blocks(readme_blocks("Deploying the package", "SDK v2")[1:2], names)
         steps = [names["package_step"], names["register_step"]]
         session = names["pipeline_session"]
         pipeline = Pipeline(name="mims", steps=steps, sagemaker_session=session)
@@ -202,7 +194,7 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
         == "/opt/ml/processing/input/calibration"
     )
     outputs = processing["ProcessingOutputConfig"]["Outputs"]
-    assert [o["OutputName"] for o in outputs] == ["package_output", "package_report"]
+    assert [o["OutputName"] for o in outputs] == ["packaged_model", "package_report"]
     assert by_name["MimsPackage"]["PropertyFiles"] == [
         {
             "PropertyFileName": "PackageReport",
@@ -219,7 +211,7 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
             "Values": [
                 {
                     "Get": "Steps.MimsPackage.ProcessingOutputConfig"
-                    ".Outputs['package_output'].S3Output.S3Uri"
+                    ".Outputs['packaged_model'].S3Output.S3Uri"
                 },
                 "model.tar.gz",
             ],
