@@ -1,0 +1,188 @@
+"""The README's SageMaker SDK v3 snippets, run as written against the real SDK v3.
+
+The Python blocks under "SDK v3" in "Running it on SageMaker" and "Deploying the
+package" are taken from README.md itself and run in SDK v3's own virtualenv
+(tests/sdk_v3.py), where a stub answers and records every AWS call and the network is
+off. The assertions are the deploy path's promises: nothing is uploaded to S3,
+CreateModel and the registered model package get the package's own URI (in a pipeline,
+the Join of the packaging step's output and model.tar.gz), no repack step is added, and
+both env vars are set. A control run with source_code= shows that the same assertions
+catch a repack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sdk_v3
+from conftest import ROOT, readme_blocks
+
+ROLE = "arn:aws:iam::111122223333:role/mims"
+PACKAGE_URI = "s3://my-bucket/packages/model.tar.gz"
+ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"}
+NAMES = {
+    "role": ROLE,
+    "region": sdk_v3.REGION,
+    "image_uri": "111122223333.dkr.ecr.us-east-1.amazonaws.com/mims-package:1",
+    "script_s3_uri": "s3://my-bucket/scripts/mims_package.py",
+    "inference_code_s3_uri": "s3://my-bucket/code/",
+    "calibration_s3_uri": "s3://my-bucket/calibration/",
+    "package_s3_uri": "s3://my-bucket/packages/",
+    "report_s3_uri": "s3://my-bucket/reports/",
+}
+# A training step's one property the snippet reads, as a plain value.
+TRAIN_STEP = """
+from types import SimpleNamespace as _Namespace
+train_step = _Namespace(properties=_Namespace(ModelArtifacts=_Namespace(
+    S3ModelArtifacts="s3://my-bucket/train/model.tar.gz")))
+"""
+PIPELINE = """
+from sagemaker.mlops.workflow.pipeline import Pipeline
+definition = json.loads(Pipeline(
+    name="mims", steps=[package_step, register_step], sagemaker_session=pipeline_session
+).definition())
+"""
+S3_WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CopyObject"}
+EXAMPLE_CODE = ROOT / "tests" / "fixtures" / "example" / "script"
+
+
+@pytest.fixture(scope="module")
+def sdk_v3_python() -> Path:
+    """SDK v3's virtualenv python, built on first use; a skip only where it cannot be built."""
+    try:
+        return sdk_v3.build()
+    except (OSError, RuntimeError) as error:
+        if os.environ.get("MIMS_REQUIRE_SDK_V3"):
+            raise
+        pytest.skip(f"this machine cannot build SDK v3's virtualenv (Python 3.10+, PyPI): {error}")
+
+
+def run_v3(python: Path, blocks: list[str], results: list[str], tmp_path: Path) -> dict[str, Any]:
+    """Run the blocks under the stub in SDK v3's virtualenv: the AWS calls and the results."""
+    request = {"blocks": ["import json", *blocks], "names": NAMES, "results": results}
+    result_path = tmp_path / "result.json"
+    run = subprocess.run(
+        [str(python), str(ROOT / "tests" / "sdk_v3.py"), str(result_path)],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return json.loads(result_path.read_text())
+
+
+def s3_writes(calls: list[list[Any]]) -> list[str]:
+    return [f"{op} {params.get('Key')}" for service, op, params in calls if op in S3_WRITES]
+
+
+def pipeline_blocks() -> list[str]:
+    """The README's v3 processing step and registration, then the pipeline definition."""
+    running = readme_blocks("Running it on SageMaker", "SDK v3")
+    registering = readme_blocks("Deploying the package", "SDK v3")[1:2]
+    return [TRAIN_STEP, *running, *registering, PIPELINE]
+
+
+def test_the_readme_v3_pipeline_packages_then_registers_the_step_output_unchanged(
+    sdk_v3_python: Path, tmp_path: Path
+) -> None:
+    ran = run_v3(sdk_v3_python, pipeline_blocks(), ["definition"], tmp_path)
+    steps = ran["results"]["definition"]["Steps"]
+    assert [s["Type"] for s in steps] == ["Processing", "RegisterModel"]  # no repack step
+    processing = steps[0]["Arguments"]
+    assert processing["AppSpecification"]["ContainerEntrypoint"] == [
+        "python3",
+        "/opt/ml/processing/input/code/mims_package.py",
+    ]
+    inputs = {i["InputName"]: i["S3Input"] for i in processing["ProcessingInputs"]}
+    assert {name: i["LocalPath"] for name, i in inputs.items()} == {
+        "model_input": "/opt/ml/processing/input/model",
+        "script_input": "/opt/ml/processing/input/script",
+        "calibration_model": "/opt/ml/processing/input/calibration",
+        "code": "/opt/ml/processing/input/code",
+    }
+    assert inputs["model_input"]["S3Uri"] == "s3://my-bucket/train/model.tar.gz"
+    assert inputs["code"]["S3Uri"] == NAMES["script_s3_uri"]
+    outputs = {
+        o["OutputName"]: o["S3Output"] for o in processing["ProcessingOutputConfig"]["Outputs"]
+    }
+    assert outputs["packaged_model"]["LocalPath"] == "/opt/ml/processing/output"
+    assert outputs["package_report"]["LocalPath"] == "/opt/ml/processing/report"
+    (container,) = steps[1]["Arguments"]["InferenceSpecification"]["Containers"]
+    assert container["ModelDataUrl"] == {
+        "Std:Join": {
+            "On": "/",
+            "Values": [
+                {
+                    "Get": "Steps.MimsPackage.ProcessingOutputConfig"
+                    ".Outputs['packaged_model'].S3Output.S3Uri"
+                },
+                "model.tar.gz",
+            ],
+        }
+    }
+    assert ENV.items() <= container["Environment"].items()
+    assert steps[1]["Arguments"]["CustomerMetadataProperties"] == {
+        "package_sha256": {
+            "Std:JsonGet": {
+                "PropertyFile": {"Get": "Steps.MimsPackage.PropertyFiles.PackageReport"},
+                "Path": "sha256",
+            }
+        }
+    }
+    assert s3_writes(ran["calls"]) == []
+
+
+def test_the_readme_v3_deploy_creates_the_model_from_the_package_as_is(
+    sdk_v3_python: Path, tmp_path: Path
+) -> None:
+    deploy = readme_blocks("Deploying the package", "SDK v3")[0]
+    ran = run_v3(sdk_v3_python, [deploy], [], tmp_path)
+    creates = [params for _, op, params in ran["calls"] if op == "CreateModel"]
+    (create,) = creates
+    assert create["PrimaryContainer"]["ModelDataUrl"] == PACKAGE_URI
+    assert create["PrimaryContainer"]["Environment"] == ENV
+    assert "sagemaker-xgboost" in create["PrimaryContainer"]["Image"]
+    assert [op for _, op, _ in ran["calls"] if op == "CreateEndpoint"] == ["CreateEndpoint"]
+    assert s3_writes(ran["calls"]) == []
+
+
+def test_source_code_would_upload_and_repack_which_these_checks_catch(
+    sdk_v3_python: Path, tmp_path: Path
+) -> None:
+    blocks = pipeline_blocks()
+    session = "    sagemaker_session=pipeline_session,\n"
+    source_code = (
+        f"    source_code=SourceCode(source_dir={str(EXAMPLE_CODE)!r},"
+        " entry_script='inference.py'),\n"
+    )
+    assert blocks[-2].count(session) == 1
+    blocks[-2] = blocks[-2].replace(session, session + source_code)
+    blocks.insert(-2, "from sagemaker.core.training.configs import SourceCode")
+    ran = run_v3(sdk_v3_python, blocks, ["definition"], tmp_path)
+    types = [s["Type"] for s in ran["results"]["definition"]["Steps"]]
+    assert "Training" in types  # the SDK's repack step, before the registration
+    assert any(write.endswith("/inference.py") for write in s3_writes(ran["calls"]))
+
+
+def test_importing_sagemaker_serve_needs_a_region_as_the_readme_says(
+    sdk_v3_python: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    code = "import sagemaker.{}"
+    for module in ("serve", "mlops.workflow.steps"):
+        run = subprocess.run(
+            [str(sdk_v3_python), "-c", code.format(module)], env=env, capture_output=True, text=True
+        )
+        assert run.returncode == 1 and "NoRegionError" in run.stderr, run.stderr[-2000:]
+    env["AWS_DEFAULT_REGION"] = sdk_v3.REGION
+    run = subprocess.run(
+        [str(sdk_v3_python), "-c", code.format("serve")], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
