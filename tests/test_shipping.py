@@ -303,3 +303,8 @@ def test_directory_excludes_match_at_every_depth_directories_included(job: Job, 
     if where == "script":
         expected |= {"code", "code/inference.py"}
     assert names == expected
+
+
+def test_the_readme_is_short_enough_to_read_first() -> None:
+    """Users read README.md before anything else: at most 25,000 characters (bytes, even)."""
+    assert len((ROOT / "README.md").read_bytes()) <= 25_000
