@@ -41,20 +41,22 @@ library only; Python 3.7 or later.
 
 The file reads in pipeline order, one section each:
 
-* Contract and constants: default paths, limits, excludes, the CONTRACT.
-* Errors: PackagingError, stops, escaping, disk-error messages, the run's facts (for
-  the summary line), phases and progress.
+* Contract and constants: default paths, excludes, the bounds, the CONTRACT.
+* Errors, stops and logging: PackagingError, signals, escaping, disk-error messages,
+  the base classes, the run's facts (for the summary line), phases and progress.
 * Finding the inputs: tree walks, excludes, the snapshot rule (stamps, directory
   descriptors), symlink resolution, the checked inputs.
 * The tar format: headers packed by hand, and the strict reader of tar streams.
-* Safe extraction: decoders, format checks, read-ahead, the checks on every member.
-* Staging: the package's members, read in place, real files and directories only;
-  the copy budget for links; the planner that --dry-run reads an archive with.
-* What goes into the package: members with normalized metadata; no credentials; the
+* Safe extraction: the compression formats and decoders, format checks, read-ahead, the
+  checks on every member.
+* Staging: the package's members with normalized metadata, read in place, real files
+  and directories only; the copy budget for links; the planner that --dry-run uses.
+* What goes into the package: the records verification compares; no credentials; the
   layout checks (one top folder, the entry point, swapped inputs, archives alone).
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
-* Verification: the package read back from disk, pieces inflated in parallel, compared.
+* Verification: the package read back from disk as it is written, pieces inflated in
+  parallel, every member compared with what was written.
 * Checking any package: --verify (and --expect-report), with the same reader, writing
   nothing.
 * What a run leaves: PackageResult, and the report (package.json, an in-toto statement).
@@ -168,16 +170,24 @@ BINARY_PROBE_SIZE = 8 << 10
 MAX_BINARY_PROBES = 64  # code files read to tell whether they are model files
 DEFAULT_COMPRESSION_LEVEL = 6
 IO_BLOCK_SIZE = 1 << 20
-MAX_SYMLINK_HOPS = 40
-EXPANSION_LIMIT = 10  # staged entries per input entry, once symlinks are materialized
-EXPANSION_ALLOWANCE = 10_000
-LINK_EXPANSION_LIMIT = 10  # bytes hard links may copy, per byte of the archive's files
-LINK_EXPANSION_ALLOWANCE = 100 << 20
-MAX_NAME_BYTES = 255
-MAX_MESSAGE_BYTES = 1024
 PROGRESS_INTERVAL = 5.0
 STOP_CHECK_INTERVAL = 0.1  # how long a blocked main thread waits before it looks for a stop
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+# Bounds: what untrusted input may make the job hold or do, each refused beyond its
+# bound before the work is done. The README's table of bounds lists them in this order.
+MAX_EXTENDED_HEADER = 64 << 10  # a PAX extended header or GNU long name (CVE-2024-6232)
+MAX_PAX_RECORDS = 1000  # records in one PAX header, parsed in one pass
+MAX_EXTENDED_IN_A_ROW = 8  # real archives use one or two (a g, then an x; or an L and a K)
+XZ_MEMORY_LIMIT = 128 << 20  # xz -9 needs 65 MiB, for its 64 MiB dictionary
+MAX_PATH_BYTES = 4096  # a name or link target (PATH_MAX); the steps resolving one symlink
+MAX_NAME_BYTES = 255  # one component of a name
+MAX_SYMLINK_HOPS = 40  # links followed resolving one symlink, as the kernel's ELOOP
+LINK_EXPANSION_LIMIT = 10  # bytes links may copy, per byte of the input's own files,
+LINK_EXPANSION_ALLOWANCE = 100 << 20  # plus this
+EXPANSION_LIMIT = 10  # entries directory links may add, per entry of the input,
+EXPANSION_ALLOWANCE = 10_000  # plus this
+MAX_MESSAGE_BYTES = 1024  # the message file, SageMaker's limit
 
 # What never ships from any input: version control, caches, notebook checkpoints, OS litter.
 DEFAULT_EXCLUDES = (
@@ -248,7 +258,7 @@ log = logging.getLogger("mims_package")
 
 
 # ---------------------------------------------------------------------------
-# Errors
+# Errors, stops and logging
 
 
 class PackagingError(Exception):
@@ -417,6 +427,13 @@ class _ContextManager:
 
     def __exit__(self, *exc_info: object) -> None:
         raise NotImplementedError
+
+
+if TYPE_CHECKING:  # typing.Protocol is Python 3.8+; only the type checker needs it
+    from typing import Protocol
+
+    class _Readable(Protocol):
+        def read(self, size: int) -> bytes: ...
 
 
 @contextlib.contextmanager
@@ -622,6 +639,15 @@ def _one_regex(globs: Iterator[str]) -> "re.Pattern[str]":
     return re.compile("|".join(alternatives) or "(?!)")
 
 
+class _ExcludeRule(NamedTuple):
+    """One --exclude pattern, taken apart: the glob, and what it may match."""
+
+    glob: str  # the pattern without its leading and trailing "/"
+    dir_only: bool  # a trailing "/": directories (and symlinks) only
+    anchored: bool  # a "/" inside: the whole relative path, not a name at any depth
+    pattern: str  # as given
+
+
 class Excludes:
     """Glob patterns for input paths that never ship; it logs what they leave out.
 
@@ -635,7 +661,7 @@ class Excludes:
 
     def __init__(self, patterns: Collection[str]) -> None:
         self.patterns = tuple(patterns)
-        self._rules = []
+        self._rules: List[_ExcludeRule] = []
         for pattern in patterns:
             body = pattern.strip("/")
             if not body:
@@ -643,14 +669,18 @@ class Excludes:
                     f"--exclude {pattern!r} names nothing; give a glob such as '*.log' or 'data/'"
                 )
             anchored = "/" in pattern.rstrip("/")  # "data/raw/" or "/build/"
-            self._rules.append((body, pattern.endswith("/"), anchored, pattern))
-        self.anchored = any(rule[2] for rule in self._rules)
+            self._rules.append(_ExcludeRule(body, pattern.endswith("/"), anchored, pattern))
+        self.anchored = any(rule.anchored for rule in self._rules)
         # One regex per kind of rule that has any, so that a path that matches nothing
         # (nearly every path) costs a regex match or two, not one fnmatch per pattern.
         self._screens: Dict[bool, List[Tuple[re.Pattern[str], bool]]] = {False: [], True: []}
         for dir_only in (False, True):
             for anchored in (False, True):
-                globs = [g for g, d, a, _ in self._rules if (d, a) == (dir_only, anchored)]
+                globs = [
+                    rule.glob
+                    for rule in self._rules
+                    if (rule.dir_only, rule.anchored) == (dir_only, anchored)
+                ]
                 if globs:
                     for is_dir in (True,) if dir_only else (False, True):
                         self._screens[is_dir].append((_one_regex(iter(globs)), anchored))
@@ -664,11 +694,11 @@ class Excludes:
                 break
         else:
             return None
-        for glob, dir_only, anchored, pattern in self._rules:
-            if (is_dir or not dir_only) and fnmatch.fnmatchcase(
-                relative if anchored else name, glob
+        for rule in self._rules:
+            if (is_dir or not rule.dir_only) and fnmatch.fnmatchcase(
+                relative if rule.anchored else name, rule.glob
             ):
-                return pattern
+                return rule.pattern
         return None
 
     def leaves_out(self, relative: str, is_dir: bool, where: str) -> bool:
@@ -1004,8 +1034,8 @@ class Inputs:
 # ---------------------------------------------------------------------------
 # The tar format: headers packed by hand, and a strict reader of tar streams
 #
-# tarfile's own headers change between Python versions (3.9 stopped writing
-# device numbers for regular files), so the package's headers are packed here
+# tarfile's own headers change between Python versions (3.8 still writes
+# device numbers 0 for a regular file, 3.9 leaves the fields empty), so the package's headers are packed here
 # and depend on nothing but the member: the bytes are the same on 3.7 and 3.13.
 # The layout is the one tarfile (3.9 and later) writes in PAX format:
 #
@@ -1038,17 +1068,17 @@ def _byte_sum(data: bytes) -> int:
     return total + _byte_sum(data[256:]) if len(data) > 256 else total
 
 
+_ROOT_IDS = b"0000000\0" * 2  # uid, gid
+_USTAR_TAIL = bytes(100) + b"ustar\x0000" + bytes(247)  # after the type: link name, magic...
+_USTAR_TAIL_SUM = sum(_USTAR_TAIL)
+_BLANK_CHECKSUM_SUM = 8 * ord(" ")  # while it is summed, the checksum field counts as spaces
+
+
 def _ustar_block(name: bytes, kind: bytes, size: int, mode: int, mtime: int) -> bytes:
     """One 512-byte ustar header block, checksum included (uid and gid 0, no owner names)."""
     head = b"%s%07o\0%s%011o\0%011o\0" % (name.ljust(100, b"\0"), mode, _ROOT_IDS, size, mtime)
     checksum = _byte_sum(head) + _BLANK_CHECKSUM_SUM + kind[0] + _USTAR_TAIL_SUM
     return b"%s%06o\0 %s%s" % (head, checksum, kind, _USTAR_TAIL)
-
-
-_ROOT_IDS = b"0000000\0" * 2  # uid, gid
-_USTAR_TAIL = bytes(100) + b"ustar\x0000" + bytes(247)  # after the type: link name, magic...
-_USTAR_TAIL_SUM = sum(_USTAR_TAIL)
-_BLANK_CHECKSUM_SUM = 8 * ord(" ")  # while it is summed, the checksum field counts as spaces
 
 
 def _pax_record(keyword: bytes, value: bytes) -> bytes:
@@ -1060,12 +1090,12 @@ def _pax_record(keyword: bytes, value: bytes) -> bytes:
     return b"%d" % length + body
 
 
+_PADDINGS = tuple(bytes(count) for count in range(BLOCK_SIZE))  # made once, not per file
+
+
 def _padding(size: int) -> bytes:
     """The NUL bytes that fill size up to a whole block."""
     return _PADDINGS[-size % BLOCK_SIZE]
-
-
-_PADDINGS = tuple(bytes(count) for count in range(BLOCK_SIZE))  # made once, not per file
 
 
 def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> bytes:
@@ -1103,10 +1133,6 @@ def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> 
 # extended headers of a kind in a row the last wins; a regular file whose
 # name ends in "/" is an old-style directory.
 
-MAX_EXTENDED_HEADER = 64 << 10
-MAX_PAX_RECORDS = 1000
-MAX_EXTENDED_IN_A_ROW = 8  # real archives use one or two (a g, then an x; or an L and a K)
-MAX_PATH_BYTES = 4096  # PATH_MAX
 POSIX_MAGIC = b"ustar\0"  # the version after it does not matter to tar or bsdtar
 PAX_GLOBAL_TYPE = b"g"
 SOLARIS_PAX_TYPE = b"X"
@@ -1266,6 +1292,27 @@ def _decoded_name(raw: bytes, what: str) -> str:
         raise UnsupportedArchive(
             f"its {what} {raw!r} is not valid UTF-8; rename it, or repack with UTF-8 names"
         ) from None
+
+
+_HIGH_BYTES = bytes(range(128, 256))  # the bytes that a signed checksum counts as negative
+
+
+def _is_tar_header(block: bytes) -> bool:
+    """True if block is a tar header whose checksum holds (unsigned or signed, as tar accepts)."""
+    if len(block) < BLOCK_SIZE:
+        return False
+    block = block[:BLOCK_SIZE] if len(block) > BLOCK_SIZE else block
+    field = block[148:156]
+    digits = _c_string(field).strip(b" ")
+    if not digits or digits.strip(b"01234567"):  # as every numeric field: octal digits only
+        return False
+    stored = int(digits, 8)
+    unsigned = _byte_sum(block) - sum(field) + _BLANK_CHECKSUM_SUM
+    if stored == unsigned:
+        return True
+    high_bytes = len(block) - len(block.translate(None, _HIGH_BYTES))
+    high_bytes -= len(field) - len(field.translate(None, _HIGH_BYTES))
+    return stored == unsigned - 256 * high_bytes
 
 
 class TarReader:
@@ -1467,13 +1514,6 @@ class TarReader:
 # Safe extraction of the untrusted model archive
 
 
-if TYPE_CHECKING:  # typing.Protocol is Python 3.8+; only the type checker needs it
-    from typing import Protocol
-
-    class _Readable(Protocol):
-        def read(self, size: int) -> bytes: ...
-
-
 GZIP_MAGIC = b"\x1f\x8b"
 # What bad data raises: bz2 says OSError without an errno, or EOFError.
 DECODE_ERRORS = (ArchiveError, EOFError, zlib.error, lzma.LZMAError, OSError)
@@ -1493,9 +1533,7 @@ def _bad_data(explain: Callable[[BaseException], PackagingError]) -> Iterator[No
         raise explain(exc) from None
 
 
-# xz is bounded in memory (xz -9 needs 65 MiB, for its 64 MiB dictionary), and its
-# stream must carry a check that xz verifies: none, or an unknown one, is refused.
-XZ_MEMORY_LIMIT = 128 << 20
+# An xz stream must carry a check that xz verifies: none, or an unknown one, is refused.
 XZ_CHECKS = (lzma.CHECK_CRC32, lzma.CHECK_CRC64, lzma.CHECK_SHA256)
 
 
@@ -1507,10 +1545,21 @@ def _xz_decompressor() -> Any:
     return lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=XZ_MEMORY_LIMIT)
 
 
-DECOMPRESSORS: Dict[str, Callable[[], Any]] = {
-    "gzip": _gzip_decompressor,
-    "bzip2": bz2.BZ2Decompressor,
-    "xz": _xz_decompressor,
+class _Compression(NamedTuple):
+    """A compressed format a model archive may come in: its magic bytes, its decompressor."""
+
+    name: str
+    magic: bytes
+    decompressor: Callable[[], Any]
+
+
+COMPRESSIONS = {
+    compression.name: compression
+    for compression in (
+        _Compression("gzip", GZIP_MAGIC, _gzip_decompressor),
+        _Compression("bzip2", b"BZh", bz2.BZ2Decompressor),
+        _Compression("xz", b"\xfd7zXZ\x00", _xz_decompressor),
+    )
 }
 
 
@@ -1518,31 +1567,22 @@ class _Decoder:
     """Decodes gzip, bzip2 or xz from raw: read(size) returns bytes, b"" only at a verified end.
 
     The decompressors check each stream's own checksums (CRC-32 and length,
-    bzip2's and xz's; an xz stream without one is refused). The package must
-    be exactly one gzip member with nothing after it (many=False); an input
-    archive may be several streams with zero padding after them, as gzip -d,
-    bzip2 -d and xz -d accept, and xz streams may have padding between them
-    (in blocks of 4 bytes, as xz's format says). Any other bytes after a
-    stream are an error, whatever the compression.
+    bzip2's and xz's; an xz stream without one is refused). An archive may be
+    several streams with zero padding after them, as gzip -d, bzip2 -d and
+    xz -d accept, and xz streams may have padding between them (in blocks of
+    4 bytes, as xz's format says). Any other bytes after a stream are an
+    error, whatever the compression. (The job's own package is read back by
+    _PieceStream, which accepts exactly one gzip member.)
     """
 
-    def __init__(
-        self,
-        raw: "_Readable",
-        compression: str = "gzip",
-        many: bool = True,
-        progress: Optional[_Progress] = None,
-    ) -> None:
+    def __init__(self, raw: "_Readable", compression: str) -> None:
         self._raw = raw
-        self._new = DECOMPRESSORS[compression]
-        self._magic = next(magic for magic, name in COMPRESSIONS if name == compression)
-        self._many = many
-        self._progress = progress
+        self._new = COMPRESSIONS[compression].decompressor
+        self._magic = COMPRESSIONS[compression].magic
         self._decompressor = self._new()
         self._is_xz = compression == "xz"
         self._check_known = not self._is_xz  # an xz stream's check, once its header is read
         self._input = b""
-        self._decoded = 0
 
     def _read_raw(self) -> bytes:
         return self._raw.read(IO_BLOCK_SIZE)
@@ -1569,9 +1609,6 @@ class _Decoder:
             if not self._check_known:
                 self._check_xz_check()
             if out:
-                self._decoded += len(out)
-                if self._progress is not None:
-                    self._progress.update(self._decoded)
                 return out
 
     def _check_xz_check(self) -> None:
@@ -1591,10 +1628,9 @@ class _Decoder:
         rest = self._decompressor.unused_data
         padding = 0
         while True:
-            if self._many:  # zeros: padding after a stream, or at the end
-                unpadded = rest.lstrip(b"\0")
-                padding += len(rest) - len(unpadded)
-                rest = unpadded
+            unpadded = rest.lstrip(b"\0")  # zeros: padding after a stream, or at the end
+            padding += len(rest) - len(unpadded)
+            rest = unpadded
             more = self._read_raw() if len(rest) < len(self._magic) else b""
             if not more:
                 break
@@ -1602,7 +1638,7 @@ class _Decoder:
         if not rest:
             return False
         between = self._is_xz and padding % 4 == 0  # only xz has padding between streams
-        if self._many and rest.startswith(self._magic) and (not padding or between):
+        if rest.startswith(self._magic) and (not padding or between):
             self._decompressor = self._new()
             self._check_known = not self._is_xz
             self._input = rest
@@ -1610,7 +1646,6 @@ class _Decoder:
         raise ArchiveError("data follows the compressed stream")
 
 
-COMPRESSIONS = ((GZIP_MAGIC, "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
 OTHER_FORMATS = (
     (b"PK\x03\x04", "a zip archive"),
     (b"PK\x05\x06", "an empty zip archive"),
@@ -1621,32 +1656,11 @@ OTHER_FORMATS = (
 REPACK = "make it with: tar -czf model.tar.gz -C <model dir> ."
 
 
-_HIGH_BYTES = bytes(range(128, 256))  # the bytes that a signed checksum counts as negative
-
-
-def _is_tar_header(block: bytes) -> bool:
-    """True if block is a tar header whose checksum holds (unsigned or signed, as tar accepts)."""
-    if len(block) < BLOCK_SIZE:
-        return False
-    block = block[:BLOCK_SIZE] if len(block) > BLOCK_SIZE else block
-    field = block[148:156]
-    digits = _c_string(field).strip(b" ")
-    if not digits or digits.strip(b"01234567"):  # as every numeric field: octal digits only
-        return False
-    stored = int(digits, 8)
-    unsigned = _byte_sum(block) - sum(field) + _BLANK_CHECKSUM_SUM
-    if stored == unsigned:
-        return True
-    high_bytes = len(block) - len(block.translate(None, _HIGH_BYTES))
-    high_bytes -= len(field) - len(field.translate(None, _HIGH_BYTES))
-    return stored == unsigned - 256 * high_bytes
-
-
 def _compression(head: bytes) -> Optional[str]:
     """The compression that an archive's first bytes show; None for plain tar (checked first)."""
     if _is_tar_header(head):
         return None
-    return next((name for magic, name in COMPRESSIONS if head.startswith(magic)), None)
+    return next((c.name for c in COMPRESSIONS.values() if head.startswith(c.magic)), None)
 
 
 class _HashingReader:
@@ -1674,11 +1688,6 @@ def _decoding(stream: "_Readable", compression: Optional[str]) -> "_Readable":
     return stream if compression is None else _Decoder(stream, compression)
 
 
-def _decompressed(raw: IO[bytes]) -> "_Readable":
-    """The decoder that raw's first bytes call for; plain tar passes through."""
-    return _decoding(raw, _sniffed(raw))
-
-
 def _read_up_to(stream: "_Readable", size: int) -> bytes:
     """Read until size bytes or the end, however little each read returns."""
     data = b""
@@ -1690,13 +1699,13 @@ def _read_up_to(stream: "_Readable", size: int) -> bytes:
     return data
 
 
-def _first_decoded_block_if_whole(raw: IO[bytes]) -> bytes:
+def _first_decoded_block_if_whole(raw: IO[bytes], compression: str) -> bytes:
     """The first decoded block; if it is no tar header, the whole stream is decoded first.
 
     A corrupt stream can decode to garbage before its checksum fails: only
     after the whole stream checks out is "this holds no tar" the right answer.
     """
-    stream = _decompressed(raw)
+    stream = _Decoder(raw, compression)
     first = _read_up_to(stream, BLOCK_SIZE)
     if not _is_tar_header(first):
         while stream.read(IO_BLOCK_SIZE):
@@ -1717,7 +1726,7 @@ def check_is_tar(archive: Path) -> int:
         raw.seek(0)
         compression = _compression(head)
         with _bad_data(functools.partial(_corrupt, archive)):
-            first = _first_decoded_block_if_whole(raw) if compression else head
+            first = _first_decoded_block_if_whole(raw, compression) if compression else head
     if not head:
         raise PackagingError(
             f"model archive {archive} is empty (0 bytes); check that the training job's "
@@ -1954,7 +1963,7 @@ class _Extractor:
             self.linked += target.size
             size, mode = target.size, target.mode
         else:
-            self._write_file(reader, member, path, mtime)
+            self._extract_file(reader, member, path, mtime)
             size, mode = member.size, _file_mode(member.mode)
         parent.children[parts[-1]] = _Node("file", size, mode=mode)
 
@@ -1970,7 +1979,7 @@ class _Extractor:
         if not self._held:
             self._make_dir(os.fspath(self.held_dir))
         path = os.path.join(self.held_dir, str(len(self._held)))
-        self._write_file(reader, member, path, 0)
+        self._extract_file(reader, member, path, 0)
         self._held["/".join(parts)] = _Linked(path, member.size, _file_mode(member.mode))
 
     def _kind(self, member: TarMember) -> str:
@@ -2148,7 +2157,7 @@ class _Extractor:
     def _hard_link(self, target: str, path: str) -> None:
         os.link(target, path)
 
-    def _write_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
+    def _extract_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
         """Write a new file (never through a link), with mode 0644 or 0755 and mtime."""
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(path, flags, 0o600)
@@ -2439,7 +2448,7 @@ class _Planner(_Extractor):
     def _hard_link(self, target: str, path: str) -> None:
         pass
 
-    def _write_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
+    def _extract_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
         """Keep the bytes a credential screen reads (small code and calibration files);
         the reader reads the rest past, and checks it."""
         name = path[len(self._dest) + 1 :]
@@ -3146,23 +3155,6 @@ def _visit_members(stream: "_Readable", visit: Callable[[Record], None]) -> None
         visit(Record(member.name, member.typeflag, member.size, member.mode, mtime, crc))
 
 
-def _decode_package(
-    raw: "_Readable", progress: Optional[_Progress], visit: Callable[[Record], None]
-) -> str:
-    """Decode a package from raw as one stream, handing each member to visit; return its hash."""
-    hashed = _HashingReader(raw)
-    with _bad_data(_undecodable):
-        _visit_members(_Decoder(hashed, many=False, progress=progress), visit)
-    return hashed.sha256.hexdigest()
-
-
-def read_package(path: Path) -> Tuple[List[Record], str]:
-    """Decode the package at path; return its members (with CRC-32s) and the file's SHA-256."""
-    records: List[Record] = []
-    with open(path, "rb", buffering=0) as raw:
-        return records, _decode_package(raw, None, records.append)
-
-
 class _Mismatch(Exception):
     """A member read back is not the one written: the text says which and how."""
 
@@ -3225,24 +3217,6 @@ def _check_same_bytes(read: str, written: str) -> None:
         )
 
 
-def verify_package(path: Path, expected: Sequence[Record], sha256: Optional[str] = None) -> str:
-    """Check the finished package at path against what was meant to be written; return its hash.
-
-    sha256, if given, is that of the bytes written, which the file must hold exactly.
-    """
-    compare = _Expected(expected)
-
-    def decode() -> str:
-        with open(path, "rb", buffering=0) as raw:
-            digest = _decode_package(raw, None, compare)
-        compare.check_all_seen()
-        if sha256 is not None:
-            _check_same_bytes(digest, sha256)
-        return digest
-
-    return _check_decoded(path, decode)
-
-
 # The read-back inflates pieces in parallel, as the writer deflates them. Each
 # piece ends byte-aligned on a sync flush, and was primed with the 32 KiB of
 # input before it, which the writer announces with the piece (see the gzip
@@ -3258,6 +3232,10 @@ def verify_package(path: Path, expected: Sequence[Record], sha256: Optional[str]
 # the writer waits, so their windows take at most a few MB.
 
 MAX_ANNOUNCED = 64
+
+
+class _Cancelled(Exception):
+    """The writer failed or stopped; the read-back thread ends without a verdict."""
 
 
 class _Piece(NamedTuple):
@@ -3496,10 +3474,6 @@ class _ReadBack(_ContextManager):
         self._thread.join()
         os.close(self.fd)
         self._out.close()
-
-
-class _Cancelled(Exception):
-    """The writer failed or stopped; the read-back thread ends without a verdict."""
 
 
 # ---------------------------------------------------------------------------
@@ -4249,11 +4223,13 @@ def _write_and_verify(
     log.info("compress: level %d (%s), %d threads, verified while written", level, coding, threads)
     expected = Written(members, digests)  # filled by write_tar, checked by the read-back
     with _temporary_file(final) as temporary:
-        progress, doing = _Progress("verify", total), "writing the package"
-        reading = (temporary, progress, expected, threads)
-        with _os_errors(doing, temporary), _ReadBack(*reading) as back:
-            writing = (back, level, threads, adaptive, back.piece)
-            with _phase("compress") as phase, GzipWriter(*writing) as sink:
+        progress = _Progress("verify", total)
+        with _os_errors("writing the package", temporary), _ReadBack(
+            temporary, progress, expected, threads=threads
+        ) as back:
+            with _phase("compress") as phase, GzipWriter(
+                back, level, threads=threads, adaptive=adaptive, announce=back.piece
+            ) as sink:
                 write_tar(members, sink, inspect, expected)
                 phase.amount = _human(total)
             with _phase("verify") as phase:
@@ -4344,7 +4320,7 @@ def package(
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
     threads: Optional[int] = None,
     source_date_epoch: Optional[int] = None,
-    excludes: Optional[Collection[str]] = None,
+    exclude_patterns: Optional[Collection[str]] = None,
     allow_secrets: bool = False,
     keep_mtimes: bool = False,
     adaptive: bool = True,
@@ -4356,9 +4332,10 @@ def package(
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
     A path left out (None) is the contract's default. The default script and
-    calibration dirs may be missing; any other path given must exist. excludes
-    are glob patterns (None: DEFAULT_EXCLUDES). Credentials in the code, the
-    calibration or a loose model fail the job unless allow_secrets. Raises
+    calibration dirs may be missing; any other path given must exist.
+    exclude_patterns are globs of paths left out (None: DEFAULT_EXCLUDES).
+    Credentials in the code, the calibration or a loose model fail the job
+    unless allow_secrets. Raises
     PackagingError, with a message that says what to do, on any failure;
     nothing partial is left behind, and nothing is created before the inputs
     pass their checks. entry_point is the .py under code/ that SAGEMAKER_PROGRAM
@@ -4396,7 +4373,7 @@ def package(
         raise PackagingError(f"threads must be at least 1, not {threads}")
     if entry_point is not None:
         _check_entry_point(entry_point)
-    patterns = Excludes(DEFAULT_EXCLUDES if excludes is None else excludes)
+    excludes = Excludes(DEFAULT_EXCLUDES if exclude_patterns is None else exclude_patterns)
     inputs = Inputs(model, script, calibration)
     _check_strip_components(strip_components, inputs)
     _log_inputs(inputs)
@@ -4410,7 +4387,7 @@ def package(
     normalized = Normalized(source_date_epoch, keep_mtimes)
     _record(threads=threads, level=compression_level, adaptive=adaptive)
     if dry_run:
-        _dry_run(inputs, patterns, normalized, strip_components, entry_point, allow_secrets)
+        _dry_run(inputs, excludes, normalized, strip_components, entry_point, allow_secrets)
         return None
     with _output_dir(output):
         work = _work_dir(explicit_work, output, inputs.paths())
@@ -4423,7 +4400,7 @@ def package(
             _free_space(output),
         )
         with _staging_dir(work) as staging:
-            members = _stage_inputs(inputs, staging, patterns, normalized, strip_components)
+            members = _stage_inputs(inputs, staging, excludes, normalized, strip_components)
             _check_and_log_members(members, inputs, entry_point)
             credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
             credentials.names(members)
@@ -4463,7 +4440,7 @@ def package(
         shaping = {
             "compression_level": compression_level,
             "adaptive": adaptive,
-            "excludes": list(patterns.patterns),
+            "excludes": list(excludes.patterns),
             "keep_mtimes": keep_mtimes,
             "source_date_epoch": source_date_epoch,
             "strip_components": strip_components,
@@ -4546,7 +4523,7 @@ def _paths_by_name(
     return found
 
 
-def _excludes(job_args: Optional[argparse.Namespace]) -> List[str]:
+def _exclude_patterns(job_args: Optional[argparse.Namespace]) -> List[str]:
     """The exclude patterns job_args ask for: the defaults (unless turned off) and --exclude."""
     defaults = [] if getattr(job_args, "no_default_excludes", False) else list(DEFAULT_EXCLUDES)
     return defaults + list(getattr(job_args, "exclude", None) or [])
@@ -4630,7 +4607,7 @@ def _package_for(
         compression_level=getattr(job_args, "compression_level", DEFAULT_COMPRESSION_LEVEL),
         threads=getattr(job_args, "threads", None),
         source_date_epoch=_source_date_epoch(environ_vars),
-        excludes=_excludes(job_args),
+        exclude_patterns=_exclude_patterns(job_args),
         allow_secrets=getattr(job_args, "allow_secrets", False),
         keep_mtimes=getattr(job_args, "keep_mtimes", False),
         adaptive=not getattr(job_args, "no_adaptive", False),

@@ -316,3 +316,16 @@ def test_one_version_in_the_script_and_the_project() -> None:
 
     project = tomllib.loads((SCRIPT.parent / "pyproject.toml").read_text())["project"]
     assert project["version"] == mims_package.__version__
+
+
+def test_the_readme_gives_package_its_full_signature() -> None:
+    import inspect
+
+    text = (SCRIPT.parent / "README.md").read_text()
+    shown = text.split("mims_package.package(", 1)[1].split(")\n", 1)[0]
+    documented = " ".join(shown.split()).replace("*, ", "")
+    actual = ", ".join(
+        f"{p.name}={p.default!r}"
+        for p in inspect.signature(mims_package.package).parameters.values()
+    )
+    assert documented == actual

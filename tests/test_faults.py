@@ -128,7 +128,7 @@ def no_space(*args: Any, **kwargs: Any) -> None:
 @pytest.mark.parametrize(
     ("target", "doing"),
     [
-        ((mims_package._Extractor, "_write_file"), "extracting the model archive"),
+        ((mims_package._Extractor, "_extract_file"), "extracting the model archive"),
         ((mims_package._ReadBack, "write"), "writing the package"),
     ],
     ids=["extract", "package-write"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import random
@@ -13,13 +12,7 @@ import pytest
 from conftest import Job, write_tree
 
 import mims_package
-from mims_package import GzipWriter, Member, write_tar
-
-
-def write_package(path: Path, members: list[Member]) -> mims_package.Written:
-    """Write members as a package at path (as the job does, without the read-back)."""
-    with open(path, "wb") as out, GzipWriter(out, 6, 1) as sink:
-        return write_tar(members, sink)
+from mims_package import GzipWriter, Member
 
 
 @pytest.fixture
@@ -53,41 +46,37 @@ def test_what_was_written_counts_only_the_members_written(members: list[Member])
         written[2]
 
 
-def different(member: Member, field: str, tmp_path: Path) -> Member:
-    """member with one field changed, and nothing else."""
-    if field == "content":
-        other = tmp_path / "other.bin"
-        other.write_bytes(b"BRAVO")  # same size, other bytes
-        return member._replace(path=str(other), stamp=stamp(other))
-    if field == "type":  # an empty file where a directory was
-        empty = tmp_path / "empty"
-        empty.write_bytes(b"")
-        return member._replace(is_dir=False, path=str(empty), mode=0o755, stamp=stamp(empty))
-    changes: dict[str, Any] = {
-        "name": {"name": "z.bin"},
-        "size": {"size": 4},
-        "mode": {"mode": 0o644},
-        "mtime": {"mtime": 1_700_000_001},
-    }[field]
-    if field == "size":
-        short = tmp_path / "short.bin"
-        short.write_bytes(b"brav")
-        changes.update(path=str(short), stamp=stamp(short))
-    return member._replace(**changes)
+CHANGED = {
+    "name": "z.bin",
+    "type": b"5",
+    "size": 4,
+    "mode": 0o755,
+    "mtime": 1_700_000_001,
+    "crc32": 0,
+}
 
 
-@pytest.mark.parametrize("field", ["name", "type", "size", "mode", "mtime", "content"])
-def test_a_package_that_differs_in_one_field_is_caught(
-    members: list[Member], field: str, tmp_path: Path
+@pytest.mark.parametrize("field", sorted(CHANGED))
+def test_a_member_read_back_with_one_field_changed_is_caught(
+    job: Job, monkeypatch: pytest.MonkeyPatch, field: str
 ) -> None:
-    expected = write_package(tmp_path / "good.tar.gz", members)
-    mims_package.verify_package(tmp_path / "good.tar.gz", expected)  # the control passes
-    index = 2 if field == "type" else 1
-    changed = [*members]
-    changed[index] = different(members[index], field, tmp_path)
-    write_package(tmp_path / "bad.tar.gz", changed)
+    """As if a disk or memory fault changed one field of one member, where the job reads it."""
+    assert set(CHANGED) == set(mims_package.Record._fields)  # every field verification compares
+    write_tree(job.model, {"a.bin": b"alpha", "b.bin": b"bravo", "c": None})
+    real_visit = mims_package._visit_members
+
+    def visit_changed(stream: Any, visit: Any) -> None:
+        def changed(record: mims_package.Record) -> None:
+            if record.name == "b.bin":
+                record = record._replace(**{field: CHANGED[field]})
+            visit(record)
+
+        real_visit(stream, changed)
+
+    monkeypatch.setattr(mims_package, "_visit_members", visit_changed)
     with pytest.raises(mims_package.PackagingError, match=r"verification of .* failed at member"):
-        mims_package.verify_package(tmp_path / "bad.tar.gz", expected)
+        job.main()
+    assert not job.package.exists() and job.leftovers() == []
 
 
 class CorruptingFile:
@@ -121,8 +110,8 @@ def test_bytes_changed_in_the_file_after_writing_are_caught(
     files: list[CorruptingFile] = []
     real_init = mims_package._ReadBack.__init__
 
-    def init(self: Any, *args: Any) -> None:
-        real_init(self, *args)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
         files.append(CorruptingFile(self._out))
         self._out = files[-1]
 
@@ -208,86 +197,79 @@ def test_a_file_that_changes_after_staging_is_refused(
 # --- The file itself: every byte of it, piece by piece ------------------------------------
 
 
-class Pieces:
-    """A package's bytes as the gzip writer hands them over: header, pieces, end."""
-
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.parts.append(bytes(data))
+PIECES_MODEL = {  # two full pieces and a short one: random weights (Huffman) and text
+    "a.bin": random.Random(5).randbytes(1 << 20),
+    "b.txt": b"def f(x):\n    return x\n" * 50_000,
+}
 
 
-@pytest.fixture(scope="module")
-def pieces(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[bytes], mims_package.Written]:
-    """A package of two full pieces and a short one: random weights (Huffman) and text."""
-    files = write_tree(
-        tmp_path_factory.mktemp("pieces"),
-        {"a.bin": os.urandom(1 << 20), "b.txt": b"def f(x):\n    return x\n" * 50_000},
-    )
-    members = [
-        Member(
-            name,
-            os.fspath(files / name),
-            False,
-            (files / name).stat().st_size,
-            0o644,
-            0,
-            stamp(files / name),
-        )
-        for name in ("a.bin", "b.txt")
-    ]
-    recorder = Pieces()
-    with GzipWriter(recorder, 6, 2) as sink:
-        written = write_tar(members, sink)
-    assert len(recorder.parts) == 5  # the header, three pieces, the end
-    return recorder.parts, written
+@pytest.fixture
+def pieces(job: Job, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The job's package of PIECES_MODEL as its writes reach the file: header, pieces, end."""
+    write_tree(job.model, PIECES_MODEL)
+    parts: list[bytes] = []
+    real_write = mims_package._ReadBack.write
+
+    def write(self: mims_package._ReadBack, data: bytes) -> None:
+        parts.append(bytes(data))
+        real_write(self, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mims_package._ReadBack, "write", write)
+        job.main()
+    assert len(parts) == 5  # the header, three pieces, the end
+    assert b"".join(parts) == job.package.read_bytes()
+    return parts
 
 
-def caught(path: Path, data: bytes, written: mims_package.Written, sha256: str | None) -> bool:
-    path.write_bytes(data)
-    try:
-        mims_package.verify_package(path, written, sha256)
-    except mims_package.PackagingError:
-        return True
+def caught(job: Job, image: bytes, compare_bytes: bool = True) -> bool:
+    """Whether the job fails when its read-back reads image in place of the file it wrote.
+
+    Unless compare_bytes, the check that the file's SHA-256 is that of the bytes
+    written is left out, so that only decoding can catch the change.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mims_package, "_pread_exactly", lambda fd, size, at: image[at : at + size])
+        if not compare_bytes:
+            patch.setattr(mims_package, "_check_same_bytes", lambda read, written: None)
+        try:
+            job.main()
+        except mims_package.PackagingError:
+            return True
     return False
 
 
-def test_a_flipped_bit_anywhere_in_the_file_is_caught(
-    pieces: tuple[list[bytes], mims_package.Written], tmp_path: Path
-) -> None:
-    parts, written = pieces
-    data = b"".join(parts)
-    sha256 = hashlib.sha256(data).hexdigest()
-    assert not caught(tmp_path / "p.tar.gz", data, written, sha256)  # the control passes
-    ends = list(itertools.accumulate(len(part) for part in parts))
+def test_a_flipped_bit_anywhere_in_the_file_is_caught(job: Job, pieces: list[bytes]) -> None:
+    data = b"".join(pieces)
+    assert not caught(job, data)  # the control passes
+    ends = list(itertools.accumulate(len(part) for part in pieces))
     positions = set(range(12)) | set(range(len(data) - 12, len(data)))  # header, the end
     for end in ends[1:-1]:  # each piece's sync flush: its padding bits and marker
         positions |= set(range(end - 8, end))
-    positions |= set(random.Random(7).sample(range(len(data)), 60))
+    choose = random.Random(7)
+    positions |= set(choose.sample(range(len(data)), 20))
     missed = []
     for position in sorted(positions):
-        for bit in range(8):
-            flipped = bytearray(data)
-            flipped[position] ^= 1 << bit
-            if not caught(tmp_path / "p.tar.gz", bytes(flipped), written, sha256):
-                missed.append((position, bit))
+        bit = choose.randrange(8)
+        flipped = bytearray(data)
+        flipped[position] ^= 1 << bit
+        if not caught(job, bytes(flipped)):
+            missed.append((position, bit))
     assert missed == []
 
 
 @pytest.mark.parametrize("fault", ["swapped pieces", "truncated piece", "piece left out"])
 def test_pieces_swapped_cut_or_lost_are_caught_by_decoding_alone(
-    pieces: tuple[list[bytes], mims_package.Written], tmp_path: Path, fault: str
+    job: Job, pieces: list[bytes], fault: str
 ) -> None:
-    header, first, second, third, end = pieces[0]
+    header, first, second, third, end = pieces
+    assert not caught(job, b"".join(pieces), compare_bytes=False)  # the control passes
     body = {
         "swapped pieces": [second, first, third],
         "truncated piece": [first[:-1000], second, third],
         "piece left out": [first, third],
     }[fault]
-    data = b"".join([header, *body, end])
-    assert caught(tmp_path / "p.tar.gz", data, pieces[1], None)  # without the SHA-256 check
-    assert caught(tmp_path / "p.tar.gz", data, pieces[1], hashlib.sha256(data).hexdigest())
+    assert caught(job, b"".join([header, *body, end]), compare_bytes=False)
 
 
 def test_the_job_refuses_a_file_whose_ignored_bits_changed(
