@@ -26,6 +26,12 @@ import mims_package  # noqa: E402
 Content = Union[bytes, str, None]
 
 
+# A small model, its code and its calibration, as most tests need them.
+MODEL = {"xgboost_model.bst": b"booster"}
+CODE = {"inference.py": "def model_fn(d): pass\n", "processing/__init__.py": ""}
+CALIBRATION = {"calibration_model.pkl": b"calibrator", "calibration_summary.json": "{}"}
+
+
 def write_tree(root: Path, spec: dict[str, Content]) -> Path:
     """Create files (bytes or str) and empty directories (None) from {relative path: content}."""
     root.mkdir(parents=True, exist_ok=True)
@@ -109,6 +115,27 @@ def read_package(path: Path) -> dict[str, Entry]:
 def files_of(path: Path) -> dict[str, bytes]:
     """The package's regular files and their bytes."""
     return {name: e.data for name, e in read_package(path).items() if e.type == "file"}
+
+
+EOF_MARKER = bytes(2 * mims_package.BLOCK_SIZE)  # two zero blocks end a tar archive
+
+
+def pad(size: int) -> bytes:
+    """The NUL bytes that fill size up to a whole tar block."""
+    return bytes(-size % mims_package.BLOCK_SIZE)
+
+
+def with_checksum(block: bytearray) -> bytes:
+    """Recompute a header block's checksum in place, as a valid header has it; its bytes."""
+    block[148:156] = b" " * 8
+    block[148:155] = b"%06o\0" % sum(block)
+    return bytes(block)
+
+
+def extended_entry(body: bytes, kind: bytes = b"x") -> bytes:
+    """An extended header (PAX "x" unless kind says otherwise) holding exactly body."""
+    header = mims_package._ustar_block(b"././@PaxHeader", kind, len(body), 0o644, 0)
+    return header + body + pad(len(body))
 
 
 def readme_blocks(section: str, subsection: str) -> list[str]:

@@ -134,24 +134,14 @@ def header_offsets(tar: bytes) -> list[int]:
     return offsets
 
 
-def with_checksum(block: bytearray) -> None:
-    """Recompute a header block's checksum in place, as a valid header would have it."""
-    block[148:156] = b" " * 8
-    block[148:155] = b"%06o\0" % sum(block)
-
-
-def _pax_header(record: bytes) -> bytes:
-    """A PAX extended header holding one record, packed by the script's own codec."""
-    import mims_package
-
-    keyword, _, value = record.partition(b"=")
-    records = mims_package._pax_record(keyword, value)
-    header = mims_package._ustar_block(b"././@PaxHeader", b"x", len(records), 0o644, 0)
-    return header + records + mims_package._padding(len(records))
-
-
 def mutate_tar(tar: bytes, rng: random.Random, edits: int) -> bytes:
     """edits mutations of the tar layer, every header still passing its checksum."""
+    # Imported here, not at the top: under atheris, mims_package (which conftest
+    # imports) must first be imported inside instrument_imports(), by main().
+    from conftest import extended_entry, with_checksum
+
+    from mims_package import _pax_record
+
     data = bytearray(tar)
     for _ in range(edits):
         offsets = header_offsets(bytes(data))
@@ -159,7 +149,8 @@ def mutate_tar(tar: bytes, rng: random.Random, edits: int) -> bytes:
             break
         at = rng.choice(offsets)
         if rng.random() < 0.25:  # a PAX header with one odd record, before this member
-            data[at:at] = _pax_header(rng.choice(PAX_RECORDS))
+            keyword, _, value = rng.choice(PAX_RECORDS).partition(b"=")
+            data[at:at] = extended_entry(_pax_record(keyword, value))
             continue
         block = bytearray(data[at : at + 512])
         field = rng.choice(sorted(FIELDS))

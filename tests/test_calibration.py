@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Job, archive_tree, assert_refused, files_of, write_tree
+from conftest import MODEL, Job, archive_tree, assert_refused, files_of, write_tree
 
 import mims_package
 
-MODEL = {"xgboost_model.bst": b"booster"}
-CALIBRATION = {
+CALIBRATION_TREE = {
     "calibration_model.pkl": b"calibrator",
     "calibration_summary.json": "{}",
     "calibration_models/class_1.pkl": b"per class",
@@ -19,7 +18,7 @@ CALIBRATION = {
 
 def test_calibration_tree_goes_under_calibration(job: Job) -> None:
     write_tree(job.model, MODEL)
-    calibration = write_tree(job.tmp / "calibration", CALIBRATION)
+    calibration = write_tree(job.tmp / "calibration", CALIBRATION_TREE)
     result = job.cli("--calibration-dir", calibration)
     assert result.returncode == 0, result.stdout
     assert files_of(job.package) == {
@@ -34,7 +33,7 @@ def test_calibration_tree_goes_under_calibration(job: Job) -> None:
 def test_the_models_own_calibration_is_replaced_with_a_warning(job: Job) -> None:
     trained = write_tree(job.tmp / "trained", {**MODEL, "calibration/old.pkl": b"stale"})
     archive_tree(trained, job.model / "model.tar.gz")
-    calibration = write_tree(job.tmp / "calibration", CALIBRATION)
+    calibration = write_tree(job.tmp / "calibration", CALIBRATION_TREE)
     result = job.cli("--calibration-dir", calibration)
     assert result.returncode == 0, result.stdout
     assert "WARNING the model's own calibration/ (1 files) is dropped and replaced" in result.stdout
@@ -87,7 +86,7 @@ def test_an_explicit_path_that_does_not_exist_is_an_error(job: Job) -> None:
 
 def test_symlinks_follow_the_script_dirs_rules(job: Job) -> None:
     write_tree(job.model, MODEL)
-    calibration = write_tree(job.tmp / "calibration", CALIBRATION)
+    calibration = write_tree(job.tmp / "calibration", CALIBRATION_TREE)
     (calibration / "current.pkl").symlink_to("calibration_model.pkl")
     assert job.cli("--calibration-dir", calibration).returncode == 0
     assert files_of(job.package)["calibration/current.pkl"] == b"calibrator"

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    CALIBRATION,
+    CODE,
+    MODEL,
     ROOT,
     SCRIPT,
     Job,
@@ -21,9 +24,6 @@ from conftest import (
 
 import mims_package
 
-MODEL = {"xgboost_model.bst": b"booster", "hyperparameters.json": "{}"}
-CODE = {"inference.py": "def model_fn(d): pass\n", "processing/__init__.py": ""}
-CALIBRATION = {"calibration_model.pkl": b"calibrator", "calibration_summary.json": "{}"}
 PACKAGED = {*MODEL, *(f"code/{n}" for n in CODE), *(f"calibration/{n}" for n in CALIBRATION)}
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    MODEL,
     SCRIPT,
     Job,
     archive_tree,
@@ -20,8 +21,6 @@ from conftest import (
 )
 
 import mims_package
-
-MODEL = {"xgboost_model.bst": b"booster"}
 
 
 def test_an_explicit_script_dir_that_does_not_exist_is_an_error(job: Job) -> None:

@@ -22,20 +22,20 @@ from conftest import (
 
 import mims_package
 
-MODEL = {
+MODEL_TREE = {
     "xgboost_model.bst": b"booster",
     "hyperparameters.json": "{}",
     "preprocess/risk_table_map.pkl": b"risk",
     "preprocess/nested/deeper/impute_dict.pkl": b"impute",
 }
-CODE = {
+CODE_TREE = {
     "inference.py": "def model_fn(d): pass\n",
     "processing/__init__.py": "",
     "requirements.txt": "numpy\n",
 }
 EXPECTED = {
-    **MODEL,
-    **{f"code/{name}": content for name, content in CODE.items()},
+    **MODEL_TREE,
+    **{f"code/{name}": content for name, content in CODE_TREE.items()},
 }
 
 
@@ -45,23 +45,25 @@ def as_bytes(spec: dict[str, object]) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("compression", ["gz", "bz2", "xz", ""])
 def test_archive_input_of_any_compression(job: Job, compression: str) -> None:
-    archive_tree(write_tree(job.tmp / "trained", MODEL), job.model / "model.tar.gz", compression)
-    write_tree(job.script, CODE)
+    archive_tree(
+        write_tree(job.tmp / "trained", MODEL_TREE), job.model / "model.tar.gz", compression
+    )
+    write_tree(job.script, CODE_TREE)
     result = job.cli()
     assert result.returncode == 0, result.stdout + result.stderr
     assert files_of(job.package) == as_bytes(EXPECTED)
 
 
 def test_loose_input_through_main(job: Job) -> None:
-    write_tree(job.model, MODEL)
-    write_tree(job.script, CODE)
+    write_tree(job.model, MODEL_TREE)
+    write_tree(job.script, CODE_TREE)
     assert job.main() == job.package
     assert files_of(job.package) == as_bytes(EXPECTED)
 
 
 def test_every_directory_has_an_entry_and_there_is_no_root_entry(job: Job) -> None:
-    write_tree(job.model, {**MODEL, "empty/dir": None})
-    write_tree(job.script, CODE)
+    write_tree(job.model, {**MODEL_TREE, "empty/dir": None})
+    write_tree(job.script, CODE_TREE)
     job.main()
     entries = read_package(job.package)
     dirs = {name for name, e in entries.items() if e.type == "dir"}
@@ -79,7 +81,7 @@ def test_every_directory_has_an_entry_and_there_is_no_root_entry(job: Job) -> No
 
 
 def test_dot_slash_archive_from_gnu_tar(job: Job) -> None:
-    trained = write_tree(job.tmp / "trained", MODEL)
+    trained = write_tree(job.tmp / "trained", MODEL_TREE)
     job.model.mkdir()
     subprocess.run(
         ["tar", "czf", str(job.model / "model.tar.gz"), "-C", str(trained), "."], check=True
@@ -88,15 +90,17 @@ def test_dot_slash_archive_from_gnu_tar(job: Job) -> None:
         ["tar", "tzf", str(job.model / "model.tar.gz")], capture_output=True, text=True
     )
     assert "./xgboost_model.bst" in listing.stdout.splitlines()
-    write_tree(job.script, CODE)
+    write_tree(job.script, CODE_TREE)
     job.main()
     assert files_of(job.package) == as_bytes(EXPECTED)
 
 
 def test_archive_code_is_replaced_by_script_dir(job: Job, caplog: pytest.LogCaptureFixture) -> None:
-    trained = write_tree(job.tmp / "trained", {**MODEL, "code/old.py": "old", "code/lib/x.py": "x"})
+    trained = write_tree(
+        job.tmp / "trained", {**MODEL_TREE, "code/old.py": "old", "code/lib/x.py": "x"}
+    )
     archive_tree(trained, job.model / "model.tar.gz")
-    write_tree(job.script, CODE)
+    write_tree(job.script, CODE_TREE)
     job.main()
     assert files_of(job.package) == as_bytes(EXPECTED)
     assert "code/ (2 files) is dropped" in caplog.text
@@ -106,17 +110,17 @@ def test_archive_code_is_replaced_by_script_dir(job: Job, caplog: pytest.LogCapt
 def test_missing_script_dir_keeps_archive_code(
     job: Job, script_state: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    trained = write_tree(job.tmp / "trained", {**MODEL, "code/inference.py": "archived"})
+    trained = write_tree(job.tmp / "trained", {**MODEL_TREE, "code/inference.py": "archived"})
     archive_tree(trained, job.model / "model.tar.gz")
     if script_state == "empty":
         write_tree(job.script, {"sub": None})
     job.main()
-    assert files_of(job.package) == as_bytes({**MODEL, "code/inference.py": "archived"})
+    assert files_of(job.package) == as_bytes({**MODEL_TREE, "code/inference.py": "archived"})
     assert "no inference code in" in caplog.text
 
 
 def test_missing_script_dir_and_no_archive_code_means_no_code(job: Job) -> None:
-    write_tree(job.model, MODEL)
+    write_tree(job.model, MODEL_TREE)
     result = job.cli()
     assert result.returncode == 0
     assert " WARNING no inference code in" in result.stdout
@@ -124,9 +128,9 @@ def test_missing_script_dir_and_no_archive_code_means_no_code(job: Job) -> None:
 
 
 def test_files_beside_the_archive_are_ignored_and_named(job: Job) -> None:
-    archive_tree(write_tree(job.tmp / "trained", MODEL), job.model / "model.tar.gz")
+    archive_tree(write_tree(job.tmp / "trained", MODEL_TREE), job.model / "model.tar.gz")
     (job.model / "output.tar.gz").write_bytes(b"training output")
-    write_tree(job.script, CODE)
+    write_tree(job.script, CODE_TREE)
     result = job.cli()
     assert result.returncode == 0
     assert f"WARNING ignoring {job.model / 'output.tar.gz'}" in result.stdout
@@ -137,7 +141,7 @@ def test_files_are_counted_by_part_whatever_sorts_beside_code(job: Job) -> None:
     # "code.txt" sorts before "code/", "code0" after its last file: both are model files.
     near = {"code.txt": "1", "code-a/x": "2", "code0": "3", "codex/y": "4", "a": "5", "z": "6"}
     write_tree(job.model, {**near, "calibration.json": "7"})
-    write_tree(job.script, CODE)
+    write_tree(job.script, CODE_TREE)
     write_tree(job.tmp / "calibration", {"c/one.pkl": b"1", "two.pkl": b"2"})
     result = job.cli("--calibration-dir", job.tmp / "calibration")
     assert result.returncode == 0, result.stdout
@@ -159,13 +163,13 @@ def test_files_are_counted_by_part_whatever_sorts_beside_code(job: Job) -> None:
 )
 def test_missing_or_empty_model_fails(job: Job, setup, needle: str) -> None:  # type: ignore[no-untyped-def]
     setup(job)
-    write_tree(job.script, CODE)
+    write_tree(job.script, CODE_TREE)
     assert_refused(job.cli(), job, needle)
 
 
 def test_output_dir_is_created_and_holds_only_the_package(job: Job) -> None:
-    write_tree(job.model, MODEL)
-    write_tree(job.script, CODE)
+    write_tree(job.model, MODEL_TREE)
+    write_tree(job.script, CODE_TREE)
     job.output = job.tmp / "deep" / "new" / "output"
     assert job.cli().returncode == 0
     assert sorted(p.name for p in job.output.iterdir()) == ["model.tar.gz"]
@@ -173,7 +177,7 @@ def test_output_dir_is_created_and_holds_only_the_package(job: Job) -> None:
 
 
 def test_output_path_that_is_a_file_fails(job: Job) -> None:
-    write_tree(job.model, MODEL)
+    write_tree(job.model, MODEL_TREE)
     job.output.write_text("in the way")
     result = job.cli()
     assert result.returncode == 1
@@ -182,7 +186,7 @@ def test_output_path_that_is_a_file_fails(job: Job) -> None:
 
 
 def test_default_work_dir_is_the_outputs_parent(job: Job, staging_parents: list[Path]) -> None:
-    write_tree(job.model, MODEL)
+    write_tree(job.model, MODEL_TREE)
     mims_package.main(
         {"model_input": str(job.model), "script_input": str(job.script)},
         {"output_dir": str(job.output)},
@@ -199,7 +203,7 @@ def test_default_work_dir_is_the_outputs_parent(job: Job, staging_parents: list[
 
 
 def test_default_staging_is_beside_a_new_output_dir(job: Job, staging_parents: list[Path]) -> None:
-    write_tree(job.model, MODEL)
+    write_tree(job.model, MODEL_TREE)
     output = job.tmp / "build" / "package"
     mims_package.main(
         {"model_input": str(job.model), "script_input": str(job.script)},
@@ -211,8 +215,8 @@ def test_default_staging_is_beside_a_new_output_dir(job: Job, staging_parents: l
 
 
 def test_output_or_work_dir_inside_an_input_is_refused(job: Job) -> None:
-    write_tree(job.model, MODEL)
-    write_tree(job.script, CODE)
+    write_tree(job.model, MODEL_TREE)
+    write_tree(job.script, CODE_TREE)
     before = sorted(p.relative_to(job.tmp) for p in job.tmp.rglob("*"))
     result = job.cli("--output-dir", job.script / "out")
     assert result.returncode == 1 and "is inside the input" in result.stdout
@@ -222,9 +226,9 @@ def test_output_or_work_dir_inside_an_input_is_refused(job: Job) -> None:
 
 
 def test_inputs_are_never_modified(job: Job) -> None:
-    write_tree(job.model, {**MODEL, "run.sh": "#!/bin/sh\n"})
+    write_tree(job.model, {**MODEL_TREE, "run.sh": "#!/bin/sh\n"})
     (job.model / "run.sh").chmod(0o700)
-    write_tree(job.script, CODE)
+    write_tree(job.script, CODE_TREE)
     snapshot = {
         p: (p.stat().st_mode, p.stat().st_mtime_ns, p.read_bytes())
         for p in job.model.rglob("*")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    CODE,
     EXAMPLE,
+    MODEL,
     ROOT,
     Job,
     archive_tree,
@@ -21,8 +23,6 @@ from conftest import (
 
 import mims_package
 
-MODEL = {"xgboost_model.bst": b"booster"}
-CODE = {"inference.py": "def model_fn(d): pass\n", "processing/util.py": "X = 1\n"}
 JUNK = {
     "__pycache__/inference.cpython-311.pyc": b"\x00pyc",
     "processing/__pycache__/util.cpython-311.pyc": b"\x00pyc",

@@ -19,23 +19,12 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import Job, read_package, write_tree
+from conftest import EOF_MARKER, Job, extended_entry, pad, read_package, with_checksum, write_tree
 
 import mims_package
 from mims_package import BLOCK_SIZE, _pax_record, _ustar_block, member_header
 
 TOOLS = {"gnu-tar": ["tar", "-xf"], "bsdtar": ["bsdtar", "-xf"]}
-EOF_MARKER = bytes(2 * BLOCK_SIZE)
-
-
-def pad(size: int) -> bytes:
-    return bytes(-size % BLOCK_SIZE)
-
-
-def with_checksum(block: bytearray) -> bytes:
-    block[148:156] = b" " * 8
-    block[148:155] = b"%06o\0" % sum(block)
-    return bytes(block)
 
 
 def header(
@@ -54,11 +43,6 @@ def file_entry(name: str, data: bytes, **edits: bytes) -> bytes:
     )
 
 
-def extended(kind: bytes, *records: bytes) -> bytes:
-    body = b"".join(records)
-    return _ustar_block(b"././@PaxHeader", kind, len(body), 0o644, 0) + body + pad(len(body))
-
-
 def prefixed_with_old_version() -> bytes:
     # The "ustar\0" magic with a version other than "00": both tools still apply the prefix.
     entry = file_entry("inference.py", b"print('benign')\n", o263=b"  ", o345=b"code\0")
@@ -67,13 +51,13 @@ def prefixed_with_old_version() -> bytes:
 
 def two_pax_headers() -> bytes:
     # Merged, the first's path would stand; the tools keep only the second header.
-    first = extended(b"x", _pax_record(b"path", b"evil.py"))
-    second = extended(b"x", _pax_record(b"mtime", b"1600000000"))
+    first = extended_entry(kind=b"x", body=_pax_record(b"path", b"evil.py"))
+    second = extended_entry(kind=b"x", body=_pax_record(b"mtime", b"1600000000"))
     return first + second + file_entry("plain.py", b"x = 1\n") + EOF_MARKER
 
 
 def solaris_x_header() -> bytes:
-    named = extended(b"X", _pax_record(b"path", b"named/by/x.bin"))
+    named = extended_entry(kind=b"X", body=_pax_record(b"path", b"named/by/x.bin"))
     return named + file_entry("fallback.bin", b"weights") + EOF_MARKER
 
 
