@@ -138,6 +138,36 @@ def extended_entry(body: bytes, kind: bytes = b"x") -> bytes:
     return header + body + pad(len(body))
 
 
+# What the README's SageMaker snippets must give SageMaker, in SDK v3 as in v2: the
+# package's own URI, the two variables that point the serving container at code/, and
+# in a pipeline the Join of the packaging step's output and the report's SHA-256.
+PACKAGE_URI = "s3://my-bucket/packages/model.tar.gz"
+SERVING_ENV = {
+    "SAGEMAKER_PROGRAM": "inference.py",
+    "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+}
+PACKAGE_JOIN = {
+    "Std:Join": {
+        "On": "/",
+        "Values": [
+            {
+                "Get": "Steps.MimsPackage.ProcessingOutputConfig"
+                ".Outputs['packaged_model'].S3Output.S3Uri"
+            },
+            "model.tar.gz",
+        ],
+    }
+}
+PACKAGE_SHA256_METADATA = {
+    "package_sha256": {
+        "Std:JsonGet": {
+            "PropertyFile": {"Get": "Steps.MimsPackage.PropertyFiles.PackageReport"},
+            "Path": "sha256",
+        }
+    }
+}
+
+
 def readme_blocks(section: str, subsection: str) -> list[str]:
     """The ```python blocks under the README's "## section" and its "### subsection", in order."""
     text = (ROOT / "README.md").read_text()

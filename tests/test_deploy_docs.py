@@ -16,7 +16,14 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from conftest import ROOT, readme_blocks
+from conftest import (
+    PACKAGE_JOIN,
+    PACKAGE_SHA256_METADATA,
+    PACKAGE_URI,
+    ROOT,
+    SERVING_ENV,
+    readme_blocks,
+)
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 sagemaker = pytest.importorskip("sagemaker", reason="sagemaker<3 is not installed")
@@ -25,8 +32,6 @@ from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::111122223333:role/mims"
-PACKAGE_URI = "s3://my-bucket/packages/model.tar.gz"
-ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"}
 
 
 class Recorder:
@@ -114,7 +119,7 @@ def test_the_readme_deploy_snippet_creates_the_model_from_the_package_as_is() ->
     (create,) = recorder.named("create_model")
     container = create["PrimaryContainer"]
     assert container["ModelDataUrl"] == PACKAGE_URI
-    assert container["Environment"] == ENV
+    assert container["Environment"] == SERVING_ENV
     assert "xgboost" in container["Image"]
     assert recorder.named("create_endpoint") and recorder.uploads() == []
     assert not any(call[0].startswith("s3") for call in recorder.calls)
@@ -138,7 +143,7 @@ def test_the_readme_model_registers_the_package_as_is_with_a_plain_session() -> 
     (package,) = recorder.named("create_model_package")
     (container,) = package["InferenceSpecification"]["Containers"]
     assert container["ModelDataUrl"] == PACKAGE_URI
-    assert container["Environment"] == ENV
+    assert container["Environment"] == SERVING_ENV
     assert recorder.uploads() == []
 
 
@@ -205,26 +210,8 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
     registers = [s for s in definition["Steps"] if s["Type"] == "RegisterModel"]
     assert [s["Type"] for s in definition["Steps"]] == ["Processing", "RegisterModel"]  # no repack
     (container,) = registers[0]["Arguments"]["InferenceSpecification"]["Containers"]
-    assert container["ModelDataUrl"] == {
-        "Std:Join": {
-            "On": "/",
-            "Values": [
-                {
-                    "Get": "Steps.MimsPackage.ProcessingOutputConfig"
-                    ".Outputs['packaged_model'].S3Output.S3Uri"
-                },
-                "model.tar.gz",
-            ],
-        }
-    }
-    assert container["Environment"] == ENV
-    assert registers[0]["Arguments"]["CustomerMetadataProperties"] == {
-        "package_sha256": {
-            "Std:JsonGet": {
-                "PropertyFile": {"Get": "Steps.MimsPackage.PropertyFiles.PackageReport"},
-                "Path": "sha256",
-            }
-        }
-    }
+    assert container["ModelDataUrl"] == PACKAGE_JOIN
+    assert container["Environment"] == SERVING_ENV
+    assert registers[0]["Arguments"]["CustomerMetadataProperties"] == PACKAGE_SHA256_METADATA
     uploaded = [kwargs for _, _, kwargs in recorder.uploads()]
     assert all("model.tar.gz" not in json.dumps(kwargs, default=str) for kwargs in uploaded)

@@ -20,11 +20,16 @@ from typing import Any
 
 import pytest
 import sdk_v3
-from conftest import ROOT, readme_blocks
+from conftest import (
+    EXAMPLE,
+    PACKAGE_JOIN,
+    PACKAGE_SHA256_METADATA,
+    PACKAGE_URI,
+    SERVING_ENV,
+    readme_blocks,
+)
 
 ROLE = "arn:aws:iam::111122223333:role/mims"
-PACKAGE_URI = "s3://my-bucket/packages/model.tar.gz"
-ENV = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"}
 NAMES = {
     "role": ROLE,
     "region": sdk_v3.REGION,
@@ -48,7 +53,6 @@ definition = json.loads(Pipeline(
 ).definition())
 """
 S3_WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CopyObject"}
-EXAMPLE_CODE = ROOT / "tests" / "fixtures" / "example" / "script"
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,7 @@ def run_v3(python: Path, blocks: list[str], results: list[str], tmp_path: Path) 
     request = {"blocks": ["import json", *blocks], "names": NAMES, "results": results}
     result_path = tmp_path / "result.json"
     run = subprocess.run(
-        [str(python), str(ROOT / "tests" / "sdk_v3.py"), str(result_path)],
+        [str(python), str(sdk_v3.HERE / "sdk_v3.py"), str(result_path)],
         input=json.dumps(request),
         capture_output=True,
         text=True,
@@ -114,27 +118,9 @@ def test_the_readme_v3_pipeline_packages_then_registers_the_step_output_unchange
     assert outputs["packaged_model"]["LocalPath"] == "/opt/ml/processing/output"
     assert outputs["package_report"]["LocalPath"] == "/opt/ml/processing/report"
     (container,) = steps[1]["Arguments"]["InferenceSpecification"]["Containers"]
-    assert container["ModelDataUrl"] == {
-        "Std:Join": {
-            "On": "/",
-            "Values": [
-                {
-                    "Get": "Steps.MimsPackage.ProcessingOutputConfig"
-                    ".Outputs['packaged_model'].S3Output.S3Uri"
-                },
-                "model.tar.gz",
-            ],
-        }
-    }
-    assert ENV.items() <= container["Environment"].items()
-    assert steps[1]["Arguments"]["CustomerMetadataProperties"] == {
-        "package_sha256": {
-            "Std:JsonGet": {
-                "PropertyFile": {"Get": "Steps.MimsPackage.PropertyFiles.PackageReport"},
-                "Path": "sha256",
-            }
-        }
-    }
+    assert container["ModelDataUrl"] == PACKAGE_JOIN
+    assert SERVING_ENV.items() <= container["Environment"].items()
+    assert steps[1]["Arguments"]["CustomerMetadataProperties"] == PACKAGE_SHA256_METADATA
     assert s3_writes(ran["calls"]) == []
 
 
@@ -146,7 +132,7 @@ def test_the_readme_v3_deploy_creates_the_model_from_the_package_as_is(
     creates = [params for _, op, params in ran["calls"] if op == "CreateModel"]
     (create,) = creates
     assert create["PrimaryContainer"]["ModelDataUrl"] == PACKAGE_URI
-    assert create["PrimaryContainer"]["Environment"] == ENV
+    assert create["PrimaryContainer"]["Environment"] == SERVING_ENV
     assert "sagemaker-xgboost" in create["PrimaryContainer"]["Image"]
     assert [op for _, op, _ in ran["calls"] if op == "CreateEndpoint"] == ["CreateEndpoint"]
     assert s3_writes(ran["calls"]) == []
@@ -158,7 +144,7 @@ def test_source_code_would_upload_and_repack_which_these_checks_catch(
     blocks = pipeline_blocks()
     session = "    sagemaker_session=pipeline_session,\n"
     source_code = (
-        f"    source_code=SourceCode(source_dir={str(EXAMPLE_CODE)!r},"
+        f"    source_code=SourceCode(source_dir={str(EXAMPLE / 'script')!r},"
         " entry_script='inference.py'),\n"
     )
     assert blocks[-2].count(session) == 1
