@@ -1035,8 +1035,9 @@ class Inputs:
 # The tar format: headers packed by hand, and a strict reader of tar streams
 #
 # tarfile's own headers change between Python versions (3.8 still writes
-# device numbers 0 for a regular file, 3.9 leaves the fields empty), so the package's headers are packed here
-# and depend on nothing but the member: the bytes are the same on 3.7 and 3.13.
+# device numbers 0 for a regular file, 3.9 leaves the fields empty), so the
+# package's headers are packed here and depend on nothing but the member: the
+# bytes are the same on 3.7 and 3.13.
 # The layout is the one tarfile (3.9 and later) writes in PAX format:
 #
 # * a POSIX ustar block: the name in ASCII (other characters become "?", cut
