@@ -1578,8 +1578,8 @@ class _Decoder:
 
     def __init__(self, raw: "_Readable", compression: str) -> None:
         self._raw = raw
-        self._new = COMPRESSIONS[compression].decompressor
-        self._magic = COMPRESSIONS[compression].magic
+        kind = COMPRESSIONS[compression]
+        self._new, self._magic = kind.decompressor, kind.magic
         self._decompressor = self._new()
         self._is_xz = compression == "xz"
         self._check_known = not self._is_xz  # an xz stream's check, once its header is read
@@ -4336,14 +4336,14 @@ def package(
     calibration dirs may be missing; any other path given must exist.
     exclude_patterns are globs of paths left out (None: DEFAULT_EXCLUDES).
     Credentials in the code, the calibration or a loose model fail the job
-    unless allow_secrets. Raises
-    PackagingError, with a message that says what to do, on any failure;
-    nothing partial is left behind, and nothing is created before the inputs
-    pass their checks. entry_point is the .py under code/ that SAGEMAKER_PROGRAM
-    names (None: inference.py, whose absence only warns); strip_components
-    drops that many leading components of each member name of a model archive.
-    dry_run runs every input and layout check and prints what would ship,
-    creating nothing (no output, work or staging dir), and returns None.
+    unless allow_secrets. Raises PackagingError, with a message that says
+    what to do, on any failure; nothing partial is left behind, and nothing
+    is created before the inputs pass their checks. entry_point is the .py
+    under code/ that SAGEMAKER_PROGRAM names (None: inference.py, whose
+    absence only warns); strip_components drops that many leading components
+    of each member name of a model archive. dry_run runs every input and
+    layout check and prints what would ship, creating nothing (no output,
+    work or staging dir), and returns None.
     report_dir gets package.json and package.intoto.json once the package is
     published (None: DEFAULT_REPORT_PATH, only if it exists).
     """

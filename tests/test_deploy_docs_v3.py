@@ -47,6 +47,7 @@ train_step = _Namespace(properties=_Namespace(ModelArtifacts=_Namespace(
     S3ModelArtifacts="s3://my-bucket/train/model.tar.gz")))
 """
 PIPELINE = """
+import json
 from sagemaker.mlops.workflow.pipeline import Pipeline
 definition = json.loads(Pipeline(
     name="mims", steps=[package_step, register_step], sagemaker_session=pipeline_session
@@ -68,7 +69,7 @@ def sdk_v3_python() -> Path:
 
 def run_v3(python: Path, blocks: list[str], results: list[str], tmp_path: Path) -> dict[str, Any]:
     """Run the blocks under the stub in SDK v3's virtualenv: the AWS calls and the results."""
-    request = {"blocks": ["import json", *blocks], "names": NAMES, "results": results}
+    request = {"blocks": blocks, "names": NAMES, "results": results}
     result_path = tmp_path / "result.json"
     run = subprocess.run(
         [str(python), str(sdk_v3.HERE / "sdk_v3.py"), str(result_path)],
