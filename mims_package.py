@@ -68,11 +68,14 @@ The file reads in pipeline order, one section each:
 import sys
 
 if sys.version_info < (3, 7):  # checked before any import or syntax that 3.6 lacks
-    major, minor = sys.version_info[:2]
-    sys.exit(f"ERROR mims_package.py needs Python 3.7 or later, this is {major}.{minor}")
+    sys.exit(
+        "ERROR mims_package.py needs Python 3.7 or later, "
+        f"this is {sys.version_info[0]}.{sys.version_info[1]}"
+    )
 
 import argparse
 import array
+import ast
 import bisect
 import bz2
 import contextlib
@@ -81,18 +84,23 @@ import errno
 import fnmatch
 import functools
 import hashlib
+import importlib.util
+import inspect
 import json
 import logging
 import lzma
 import math
 import operator
 import os
+import posixpath
 import queue
 import re
 import shutil
 import signal
 import stat
 import struct
+import subprocess
+import sysconfig
 import tarfile
 import tempfile
 import threading
@@ -111,12 +119,15 @@ from typing import (
     Collection,
     Deque,
     Dict,
+    FrozenSet,
+    Iterable,
     Iterator,
     List,
     Mapping,
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
     TypeVar,
     Union,
@@ -219,6 +230,8 @@ OPTIONAL_ENV_VARS = {
     "WORKING_DIRECTORY": "Directory in which the staging directory is created, made if "
     "missing (default: the output directory's parent, else the system temp dir); "
     "--work-dir overrides it.",
+    "SAGEMAKER_PROGRAM": "The entry point under code/, as the serving container reads it "
+    "(default: inference.py); --entry-point overrides it.",
 }
 
 # main()'s keys: each logical path, and the names its callers use for it (cursus among them).
@@ -253,6 +266,38 @@ CONTRACT: Dict[str, Any] = {
     "code/) and calibration artifacts (under calibration/) into one deterministic, verified "
     "model.tar.gz for SageMaker hosting.",
 }
+
+DEFAULT_SMOKE_TIMEOUT = 600.0  # seconds: the serving toolkit's own start-up timeout
+
+
+class Options(NamedTuple):
+    """What shapes a run, besides its paths; frozen.
+
+    package() takes each field as a keyword, the command line as the option of
+    the same name (--no-adaptive for adaptive, --exclude and
+    --no-default-excludes for exclude_patterns), main() as a job_args
+    attribute of the option's name; the report records them all.
+    """
+
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    threads: Optional[int] = None  # None: the CPUs this process may use
+    source_date_epoch: Optional[int] = None
+    exclude_patterns: Optional[Tuple[str, ...]] = None  # None: DEFAULT_EXCLUDES
+    allow_secrets: bool = False
+    keep_mtimes: bool = False
+    adaptive: bool = True
+    entry_point: Optional[str] = None  # None: DEFAULT_ENTRY_POINT, whose absence only warns
+    strip_components: int = 0
+    dry_run: bool = False
+    strict: bool = False  # every warning fails the run
+    serving_python: Optional[str] = None  # "X.Y": the code is also parsed with its grammar
+    smoke_test: bool = False
+    sample: Optional[str] = None  # a request body for the smoke test
+    content_type: Optional[str] = None  # the sample's; None: guessed from its extension
+    accept: Optional[str] = None
+    smoke_python: Optional[str] = None  # None: this interpreter
+    smoke_timeout: float = DEFAULT_SMOKE_TIMEOUT
+
 
 log = logging.getLogger("mims_package")
 
@@ -445,6 +490,40 @@ def _os_errors(doing: str, where: Path) -> Iterator[None]:
         raise _explain(exc, doing, where) from exc
 
 
+class Finding(NamedTuple):
+    """One verdict of a check: level PASS, WARN or FAIL, the check, the member if any, why."""
+
+    level: str
+    check: str
+    member: str
+    message: str
+
+    def as_warning(self) -> Dict[str, str]:
+        """The finding as the summary line, the report and --verify --json list a warning."""
+        return {"check": self.check, "path": self.member, "message": self.message}
+
+
+def _warn(check: str, member: str, message: str) -> None:
+    """Log a warning, and record it for the run's summary line, report and --strict."""
+    log.warning("%s", message)
+    facts = _FACTS.get()
+    if facts is not None:
+        facts.warnings.append(Finding("WARN", check, member, message))
+
+
+def _fail_if_strict(strict: bool, before: str) -> None:
+    """--strict: a run that warned fails before it goes on to what `before` names."""
+    facts = _FACTS.get()
+    if not strict or facts is None or not facts.warnings:
+        return
+    count = len(facts.warnings)
+    raise PackagingError(
+        f"--strict: {count} warning{'s' if count > 1 else ''} before {before}, the first: "
+        f"{facts.warnings[0].message}; fix {'them' if count > 1 else 'it'}, or run without "
+        "--strict"
+    )
+
+
 class _Phase:
     """One phase of the job; the block sets `amount`, what the phase's line says it did."""
 
@@ -468,6 +547,7 @@ class _Facts:
         self.cpu_seconds: Dict[str, float] = {}
         self.volumes: Dict[str, Path] = {}
         self.free: Dict[str, Dict[str, int]] = {}
+        self.warnings: List[Finding] = []
 
     def watch(self, name: str, path: Path) -> None:
         """Report the free bytes of the volume holding path, now and at their lowest."""
@@ -493,7 +573,10 @@ class _Facts:
             "version": __version__,
             "python": sys.version.split()[0],
             **dict.fromkeys(SUMMARY_KEYS),
+            "smoke_test": {"status": "skipped"},
             **self.values,
+            "warnings": [finding.as_warning() for finding in self.warnings],
+            "warning_count": len(self.warnings),
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
             "free_bytes": self.free,
@@ -961,7 +1044,7 @@ def find_model_archive(model: Path) -> Optional[Path]:
         raise PackagingError(f"{candidate} is not a regular file; it must be the model archive")
     for other in sorted(model.iterdir()):
         if other.name != MODEL_ARCHIVE_NAME:
-            log.warning("ignoring %s: the model is %s", other, candidate)
+            _warn("inputs", other.name, f"ignoring {other}: the model is {candidate}")
     return archive
 
 
@@ -1988,11 +2071,11 @@ class _Extractor:
         if member.kind in ("file", "dir", "symlink", "hardlink"):
             return member.kind
         if member.kind == "unknown":
-            log.warning(
-                "archive member %r has type %r, which tar does not define; it is extracted as a "
-                "regular file, as POSIX asks",
+            _warn(
+                "archive",
                 member.name,
-                member.typeflag.decode("ascii"),
+                f"archive member {member.name!r} has type {member.typeflag.decode('ascii')!r}, "
+                "which tar does not define; it is extracted as a regular file, as POSIX asks",
             )
             return "file"
         raise PackagingError(
@@ -2613,7 +2696,11 @@ class CredentialCheck:
         if found is None:
             return
         if self._allow:
-            log.warning("%s: %s; shipped because of --allow-secrets", member.name, found)
+            _warn(
+                "credentials",
+                member.name,
+                f"{member.name}: {found}; shipped because of --allow-secrets",
+            )
             return
         raise PackagingError(
             f"{member.name}: {found}; credentials must not ship in a model package (it "
@@ -2627,7 +2714,7 @@ class CredentialCheck:
 
 
 def _check_entry_point(entry_point: str) -> None:
-    """The entry point must be a relative .py path inside code/."""
+    """The entry point must be a .py at code/'s top: the module SAGEMAKER_PROGRAM names."""
     parts = entry_point.split("/")
     if (
         entry_point.startswith("/")
@@ -2636,8 +2723,16 @@ def _check_entry_point(entry_point: str) -> None:
         or not entry_point.endswith(".py")
     ):
         raise PackagingError(
-            f"--entry-point {entry_point!r} is not a relative .py path inside code/; "
-            f"give one such as {DEFAULT_ENTRY_POINT} or serve/handler.py"
+            f"--entry-point {entry_point!r} is not a .py file at code/'s top; give one such "
+            f"as {DEFAULT_ENTRY_POINT} or handler.py"
+        )
+    if len(parts) > 1:
+        module = entry_point[:-3].replace("/", ".")
+        raise PackagingError(
+            f"--entry-point {entry_point!r} is in a directory under code/, and neither serving "
+            f"toolkit imports SAGEMAKER_PROGRAM={entry_point} (it takes the module name "
+            f"{entry_point[:-3]!r}); add a module at code/'s top that imports it, such as "
+            f"code/{DEFAULT_ENTRY_POINT} holding 'from {module} import *', and name that one"
         )
 
 
@@ -2730,7 +2825,7 @@ def _warn_one_top_folder(model: List[Member], inputs: "Inputs") -> None:
         if inputs.archive is not None
         else f"pass --model-dir {inputs.model / folder}"
     )
-    log.warning("%s", _top_folder_message(folder, fix))
+    _warn("layout", folder + "/", _top_folder_message(folder, fix))
 
 
 def _missing_entry_point(code_names: Sequence[str], name: str) -> Optional[str]:
@@ -2753,7 +2848,923 @@ def _check_entry_point_present(code: List[Member], entry_point: Optional[str]) -
         return
     if entry_point is not None:
         raise PackagingError(f"{message}; fix --entry-point, or add {name} to the script input")
-    log.warning("%s; add %s to the script input, or pass --entry-point NAME", message, name)
+    _warn(
+        "layout",
+        f"{CODE_DIR}/{name}",
+        f"{message}; add {name} to the script input, or pass --entry-point NAME",
+    )
+
+
+# ---------------------------------------------------------------------------
+# Will it serve: the code check
+#
+# The package's code/ read as the serving toolkit will run it, statically: every .py is
+# parsed with ast, and nothing of the user's code is imported or run. sagemaker-inference
+# puts code/ first on the path, installs code/requirements.txt (and nothing else) at
+# start-up, imports the module that SAGEMAKER_PROGRAM names, and calls model_fn, then
+# input_fn, predict_fn and output_fn (or transform_fn alone) with their arguments, plus a
+# context where the function has one parameter more. So:
+#
+# * syntax: the entry point, and every local module it imports (directly or through other
+#   local modules, in functions too), must parse, with the serving Python's grammar too
+#   where --serving-python names it; a module nothing imports only warns;
+# * handlers: the names bound at the entry point's top level (def, assignment, import)
+#   must be a set the toolkit takes, each def with a parameter count it can call;
+# * imports: every module those modules import must be the standard library's, in code/,
+#   named in code/requirements.txt (through IMPORT_NAMES), or importable here; imports
+#   under "try: ... except ImportError" or "if TYPE_CHECKING:" are optional;
+# * requirements: code/requirements.txt must be where the endpoint reads it, with what
+#   pip can install from the index alone, and every -r and -c file it names;
+# * model files: what model_fn joins to its model dir must be in the package, and no
+#   model file may be empty or a Git LFS pointer.
+#
+# The check reads code/ files through a callback, so that the job (files on disk),
+# --dry-run (a model archive's bytes as it was read) and --verify (the package's bytes as
+# they stream past) share it.
+
+HANDLER_ARGUMENTS = {  # what the toolkit passes each handler, before the context
+    "model_fn": ("model_dir",),
+    "input_fn": ("input_data", "content_type"),
+    "predict_fn": ("data", "model"),
+    "output_fn": ("prediction", "accept"),
+    "transform_fn": ("model", "input_data", "content_type", "accept"),
+}
+REQUEST_HANDLERS = ("input_fn", "predict_fn", "output_fn")
+# Distributions whose import name is not their own name (lowercase, "-" and "." as "_").
+IMPORT_NAMES = {
+    "scikit-learn": ("sklearn",),
+    "scikit-image": ("skimage",),
+    "pillow": ("PIL",),
+    "pyyaml": ("yaml",),
+    "opencv-python": ("cv2",),
+    "opencv-python-headless": ("cv2",),
+    "opencv-contrib-python": ("cv2",),
+    "opencv-contrib-python-headless": ("cv2",),
+    "beautifulsoup4": ("bs4",),
+    "python-dateutil": ("dateutil",),
+    "protobuf": ("google",),
+    "googleapis-common-protos": ("google",),
+    "attrs": ("attr", "attrs"),
+    "pyjwt": ("jwt",),
+    "python-dotenv": ("dotenv",),
+    "pycryptodome": ("Crypto",),
+    "pycryptodomex": ("Cryptodome",),
+    "mysqlclient": ("MySQLdb",),
+    "psycopg2-binary": ("psycopg2",),
+    "grpcio": ("grpc",),
+    "pyzmq": ("zmq",),
+    "ipython": ("IPython",),
+    "setuptools": ("setuptools", "pkg_resources", "distutils"),
+    "imbalanced-learn": ("imblearn",),
+    "umap-learn": ("umap",),
+    "faiss-cpu": ("faiss",),
+    "faiss-gpu": ("faiss",),
+    "tensorflow-cpu": ("tensorflow",),
+    "tensorflow-gpu": ("tensorflow",),
+    "xgboost-cpu": ("xgboost",),
+    "onnxruntime-gpu": ("onnxruntime",),
+    "mlflow-skinny": ("mlflow",),
+    "llama-cpp-python": ("llama_cpp",),
+    "python-multipart": ("multipart",),
+    "websocket-client": ("websocket",),
+    "python-json-logger": ("pythonjsonlogger",),
+    "msgpack-python": ("msgpack",),
+    "pywavelets": ("pywt",),
+    "pymupdf": ("fitz",),
+    "python-magic": ("magic",),
+    "ruamel.yaml": ("ruamel",),
+    "tf-keras": ("tf_keras",),
+    "sentencepiece": ("sentencepiece",),
+}
+# Standard modules that a serving Python may lack: added in (3, minor), or removed in it.
+STDLIB_ADDED = {"zoneinfo": 9, "graphlib": 9, "tomllib": 11}
+STDLIB_REMOVED = {
+    **dict.fromkeys(("asynchat", "asyncore", "distutils", "imp", "smtpd"), 12),
+    **dict.fromkeys((
+        "aifc", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "lib2to3", "mailcap",
+        "msilib", "nis", "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd", "sunau",
+        "telnetlib", "uu", "xdrlib",
+    ), 13),
+}  # fmt: skip
+# requirements.txt lines that need more than the package index: the endpoint may have
+# no route to a repository, a path of the machine that built it, or another index.
+NEEDS_MORE_THAN_THE_INDEX = (
+    (re.compile(r"(?:-e|--editable)\b"), "an editable install"),
+    (re.compile(r"(?:-i|--index-url|--extra-index-url|-f|--find-links)\b"), "another index"),
+    (re.compile(r"(?:git|hg|svn|bzr)\+", re.I), "a VCS checkout"),
+    (re.compile(r"file:", re.I), "a local path"),
+    (re.compile(r"(?:https?|ftp)://", re.I), "a direct URL"),
+    (re.compile(r"\.{1,2}/|/|~|[^\s;=<>!~\[]*(?:/|\.whl\b|\.tar\.gz\b|\.zip\b)"), "a local path"),
+)
+DIRECT_REFERENCE = re.compile(r"[A-Za-z0-9][\w.\[\],-]*\s*@\s*")  # "name @ url"
+REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+INCLUDED_REQUIREMENTS = re.compile(r"(-r|-c|--requirement|--constraint)\s*=?\s*(\S+)")
+MAX_CODE_CHECK_BYTES = 64 << 20  # of code/ files the code check reads, in all
+MAX_REQUIREMENT_FILES = 16  # requirements.txt and the files its -r and -c lines name
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+LFS_POINTER_MAX = 1024  # Git LFS pointer files are smaller than this
+HOSTING_CODE_DIR = f"{HOSTING_MODEL_DIR}/{CODE_DIR}"
+
+
+def _check_serving_python(value: Optional[str]) -> Optional[Tuple[int, int]]:
+    """--serving-python "X.Y" as (X, Y); None if not given."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"3\.(\d{1,2})", value)
+    if not match:
+        raise PackagingError(
+            f"--serving-python {value!r} is not a Python 3 version: give the serving image's "
+            "as X.Y, such as 3.10"
+        )
+    return 3, int(match[1])
+
+
+def _version(version: Tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+class _Import(NamedTuple):
+    """One module an import statement asks for."""
+
+    module: str  # absolute, dotted (a relative import resolved against its package)
+    names: Tuple[str, ...]  # what "from module import ..." takes (maybe submodules)
+    optional: bool  # under try/except ImportError, or if TYPE_CHECKING
+    line: int
+    problem: str  # why it cannot resolve, whatever is installed ("" if it may)
+
+
+class _Module(NamedTuple):
+    """What the code check takes from one parsed module."""
+
+    imports: List[_Import]
+    bindings: Dict[str, ast.AST]  # its top-level names, each with the node that binds it
+    star: bool  # a "from x import *" at its top level: its names are not all known
+    dynamic: bool  # it imports by computed name or edits sys.path: anything may be imported
+
+
+_IMPORT_ERRORS = ("ImportError", "ModuleNotFoundError", "Exception", "BaseException")
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    """Whether an except clause catches ImportError (a bare one does)."""
+    if handler.type is None:
+        return True
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(
+        (isinstance(kind, ast.Name) and kind.id in _IMPORT_ERRORS)
+        or (isinstance(kind, ast.Attribute) and kind.attr in _IMPORT_ERRORS)
+        for kind in kinds
+    )
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _is_dynamic(call: ast.Call) -> bool:
+    """A call that imports by a computed name, or edits the import path."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        return func.id == "__import__" or (func.id == "import_module" and not _literal(call))
+    if not isinstance(func, ast.Attribute):
+        return False
+    if func.attr == "import_module":
+        return not _literal(call)
+    owner = func.value
+    edits_path = func.attr in ("insert", "append", "extend") and (
+        isinstance(owner, ast.Attribute) and owner.attr == "path"
+    )
+    return edits_path or func.attr == "addsitedir"
+
+
+def _literal(call: ast.Call) -> Optional[str]:
+    """The call's first argument, if it is a string literal."""
+    first = call.args[0] if call.args else None
+    if isinstance(first, ast.Constant) and isinstance(first.value, str):
+        return first.value
+    return None
+
+
+class _ModuleScanner:
+    """Collects a module's imports and top-level names, visiting statements, not expressions.
+
+    Only statements can import or bind at the top (calls are looked at for
+    import_module and sys.path edits): a tenth of the nodes of a full walk.
+    """
+
+    def __init__(self, package: str) -> None:
+        self.package = package  # the dotted package a relative import starts from
+        self.module = _Module([], {}, False, False)
+
+    def scan(self, body: List[ast.stmt], optional: bool, top: bool) -> None:
+        for statement in body:
+            if isinstance(statement, ast.Import):
+                for alias in statement.names:
+                    self._add(alias.name, (), optional, statement.lineno, "")
+                    if top:
+                        bound = alias.asname or alias.name.partition(".")[0]
+                        self.module.bindings[bound] = statement
+            elif isinstance(statement, ast.ImportFrom):
+                self._import_from(statement, optional, top)
+            elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if top:
+                    self.module.bindings[statement.name] = statement
+                self.scan(statement.body, optional, False)
+            elif isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                if top:
+                    self._bind_targets(statement)
+                self._look_at_calls(statement.value)
+            elif isinstance(statement, ast.If) and _is_type_checking(statement.test):
+                self.scan(statement.orelse, optional, top)  # the body never runs
+            elif isinstance(statement, (ast.Expr, ast.Return)):
+                self._look_at_calls(statement.value)
+            else:
+                self._scan_blocks(statement, optional, top)
+
+    def _scan_blocks(self, statement: ast.stmt, optional: bool, top: bool) -> None:
+        """The statements inside a compound statement (if, try, with, for, while, match)."""
+        handlers = getattr(statement, "handlers", [])
+        guarded = optional or any(_catches_import_error(h) for h in handlers)
+        self.scan(getattr(statement, "body", []), guarded, top)
+        for handler in handlers:
+            self.scan(handler.body, optional, top)
+        for field in ("orelse", "finalbody"):
+            self.scan(getattr(statement, field, []), optional, top)
+        for case in getattr(statement, "cases", []):
+            self.scan(case.body, optional, top)
+
+    def _import_from(self, statement: ast.ImportFrom, optional: bool, top: bool) -> None:
+        names = tuple(alias.name for alias in statement.names)
+        module, problem = statement.module or "", ""
+        if statement.level:
+            parts = self.package.split(".") if self.package else []
+            if not parts:
+                problem = "a relative import in a top-level module"
+            elif statement.level - 1 > len(parts) - 1:
+                problem = "a relative import beyond code/"
+            else:
+                base = parts[: len(parts) - (statement.level - 1)]
+                module = ".".join([*base, module] if module else base)
+        shown = "." * statement.level + (statement.module or "")
+        self._add(module if not problem else shown, names, optional, statement.lineno, problem)
+        if top:
+            for alias in statement.names:
+                if alias.name == "*":
+                    self.module = self.module._replace(star=True)
+                else:
+                    self.module.bindings[alias.asname or alias.name] = statement
+
+    def _add(
+        self, module: str, names: Tuple[str, ...], optional: bool, line: int, why: str
+    ) -> None:
+        self.module.imports.append(_Import(module, names, optional, line, why))
+
+    def _bind_targets(self, statement: Union[ast.Assign, ast.AnnAssign, ast.AugAssign]) -> None:
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        while targets:
+            target = targets.pop()
+            if isinstance(target, ast.Name):
+                self.module.bindings[target.id] = statement
+            elif isinstance(target, (ast.Tuple, ast.List)):
+                targets.extend(target.elts)
+
+    def _look_at_calls(self, value: Optional[ast.expr]) -> None:
+        if isinstance(value, ast.Call) and not self.module.dynamic:
+            if _is_dynamic(value):
+                self.module = self.module._replace(dynamic=True)
+            elif isinstance(value.func, (ast.Name, ast.Attribute)) and _literal(value):
+                called = value.func.id if isinstance(value.func, ast.Name) else value.func.attr
+                if called == "import_module":
+                    self._add(_literal(value) or "", (), False, value.lineno, "")
+
+
+class _CodeTree:
+    """code/ as the check sees it: its files and directories, relative to code/."""
+
+    def __init__(self, files: Mapping[str, int], directories: Collection[str]) -> None:
+        self.files = files
+        self.directories = set(directories)
+        self.sources = sorted(name for name in files if name.endswith(".py"))
+        # Extension modules: "fast.cpython-311-x86_64-linux-gnu.so" is module "fast".
+        self.extensions = set()
+        for name in files:
+            if name.endswith((".so", ".pyd")):
+                directory, slash, base = name.rpartition("/")
+                self.extensions.add(directory + slash + base.partition(".")[0])
+
+    def module_file(self, dotted: str) -> Optional[str]:
+        """The file that defines the dotted module in code/ (a package's __init__.py, if
+        any), "" for a namespace package or an extension, None if code/ has no such module."""
+        path = dotted.replace(".", "/")
+        if path + ".py" in self.files:
+            return path + ".py"
+        if path in self.directories:
+            return path + "/__init__.py" if path + "/__init__.py" in self.files else ""
+        return "" if path in self.extensions else None
+
+    def top_level_anywhere(self) -> FrozenSet[str]:
+        """Module names at the top of any directory in code/, for code that edits sys.path."""
+        names = set()
+        for name in (*self.files, *self.directories):
+            base = name.rpartition("/")[2]
+            names.add(base[:-3] if base.endswith(".py") else base.partition(".")[0])
+        return frozenset(names)
+
+
+@functools.lru_cache(maxsize=1)
+def _stdlib_modules() -> FrozenSet[str]:
+    """The standard library's top-level module names (sys.stdlib_module_names from 3.10)."""
+    names = getattr(sys, "stdlib_module_names", None)
+    if names is not None:
+        return frozenset(names)
+    found = set(sys.builtin_module_names)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for directory in (stdlib, os.path.join(stdlib, "lib-dynload")):
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(directory):
+                if entry.endswith((".py", ".so")) or os.path.isfile(
+                    os.path.join(directory, entry, "__init__.py")
+                ):
+                    found.add(entry.partition(".")[0])
+    return frozenset(found - {"site-packages", "dist-packages"})
+
+
+@functools.lru_cache(maxsize=None)
+def _importable_here(top: str) -> bool:
+    """Whether this Python finds the top-level module (find_spec runs no code of it)."""
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _stdlib_problem(top: str, serving: Tuple[int, int]) -> Optional[str]:
+    """Why the serving Python's standard library lacks top, if it does; None if it has it
+    (or it is no standard module at all)."""
+    removed = STDLIB_REMOVED.get(top)
+    if removed is not None and serving[1] >= removed:
+        return f"removed from the standard library in Python 3.{removed}"
+    added = STDLIB_ADDED.get(top)
+    if added is not None and serving[1] < added:
+        return f"in the standard library only from Python 3.{added}"
+    return None
+
+
+class _Requirements:
+    """code/requirements.txt read as pip reads it: the import names it provides, and findings."""
+
+    def __init__(self, tree: _CodeTree, read: Callable[[str], Optional[bytes]]) -> None:
+        self.import_names: Set[str] = set()
+        self.findings: List[Finding] = []
+        self._tree, self._read = tree, read
+        self._seen: Set[str] = set()
+        if "requirements.txt" in tree.files:
+            self._read_file("requirements.txt", -1)
+
+    def _read_file(self, name: str, include_depth: int) -> None:
+        self._seen.add(name)
+        data = self._read(name)
+        if data is None:
+            return
+        text = data.decode("utf-8", "replace")
+        directory = name.rpartition("/")[0]
+        for number, line in _logical_lines(text):
+            self._line(name, number, line, directory, include_depth)
+
+    def _line(self, name: str, number: int, line: str, directory: str, depth: int) -> None:
+        shown = f"{CODE_DIR}/{name} line {number}"
+        included = INCLUDED_REQUIREMENTS.match(line)
+        if included:
+            self._include(shown, included[1], included[2], directory, depth)
+            return
+        reference = DIRECT_REFERENCE.match(line)
+        target = line[reference.end() :] if reference else line
+        for pattern, what in NEEDS_MORE_THAN_THE_INDEX:
+            if pattern.match(target):
+                self.findings.append(
+                    Finding(
+                        "WARN",
+                        "requirements",
+                        f"{CODE_DIR}/{name}",
+                        f"{shown}: {line[:120]!r} needs {what}, which the endpoint may not "
+                        "reach when it installs code/requirements.txt at start-up: name a "
+                        "package on the index, or put the module in code/",
+                    )
+                )
+                return
+        if line.startswith("-"):
+            return  # an option pip takes (--hash, --pre, --no-binary...): nothing to install
+        found = REQUIREMENT_NAME.match(line)
+        if found:
+            distribution = re.sub(r"[-_.]+", "-", found[0]).lower()
+            names = IMPORT_NAMES.get(distribution, (distribution.replace("-", "_"),))
+            self.import_names.update(name.lower() for name in names)
+
+    def _include(self, shown: str, option: str, target: str, directory: str, depth: int) -> None:
+        """A -r or -c line: the file must be in code/ (pip reads it relative to this one)."""
+        if target.startswith(HOSTING_CODE_DIR + "/"):
+            path = target[len(HOSTING_CODE_DIR) + 1 :]
+        else:
+            path = os.path.normpath(os.path.join(directory, target)) if target[:1] != "/" else ""
+        if path and not path.startswith("..") and path in self._tree.files:
+            if path not in self._seen and len(self._seen) < MAX_REQUIREMENT_FILES:
+                self._read_file(path, depth + 1)
+            return
+        self.findings.append(
+            Finding(
+                "FAIL",
+                "requirements",
+                f"{CODE_DIR}/{path or target}",
+                f"{shown}: {option} {target} names a file that is not in code/: pip fails "
+                "on it when the endpoint starts, and the endpoint with it; add the file to "
+                "the script dir, or remove the line",
+            )
+        )
+
+
+def _logical_lines(text: str) -> Iterator[Tuple[int, str]]:
+    """requirements.txt's lines as pip joins them (a trailing backslash continues a line),
+    comments and blank lines dropped, each with the number of its first line."""
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        if not pending:
+            start = number
+        if raw.endswith("\\"):
+            pending += raw[:-1]
+            continue
+        line = re.sub(r"(^|\s)#.*", "", pending + raw).strip()
+        pending = ""
+        if line:
+            yield start, line
+
+
+class _ModelPaths:
+    """The paths model_fn joins to its model-dir parameter, as string literals."""
+
+    def __init__(self, function: Union[ast.FunctionDef, ast.AsyncFunctionDef]) -> None:
+        arguments = [*getattr(function.args, "posonlyargs", []), *function.args.args]
+        self.parameter = arguments[0].arg if arguments else None
+        self.found: List[Tuple[str, int]] = []
+        if self.parameter is not None:
+            for node in ast.walk(function):
+                path = self._joined(node)
+                if path is not None:
+                    self.found.append((path, getattr(node, "lineno", function.lineno)))
+
+    def _is_model_dir(self, node: ast.AST) -> bool:
+        """The parameter, or Path(parameter)."""
+        if isinstance(node, ast.Name):
+            return node.id == self.parameter
+        return (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
+            in ("Path", "PurePath", "PosixPath")
+            and len(node.args) == 1
+            and self._is_model_dir(node.args[0])
+        )
+
+    def _joined(self, node: ast.AST) -> Optional[str]:
+        """The literal path node joins to the model dir, if it is such a join."""
+        if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)):
+            called = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+            if called == "join" and node.args and self._is_model_dir(node.args[0]):
+                return _strings(node.args[1:])
+            if (
+                called == "joinpath"
+                and isinstance(node.func, ast.Attribute)
+                and self._is_model_dir(node.func.value)
+            ):
+                return _strings(node.args)
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Div, ast.Add)):
+            parts: List[ast.expr] = []
+            while isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Div, ast.Add)):
+                parts.insert(0, node.right)
+                node = node.left
+            if self._is_model_dir(node):
+                return _strings(parts)
+        if isinstance(node, ast.JoinedStr) and node.values:
+            first = node.values[0]
+            if isinstance(first, ast.FormattedValue) and self._is_model_dir(first.value):
+                return _strings(node.values[1:])
+        return None
+
+
+def _strings(nodes: Sequence[ast.AST]) -> Optional[str]:
+    """The path the nodes join to, if each is a string literal."""
+    texts = [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    if not nodes or len(texts) != len(nodes):
+        return None
+    return "/".join(text.strip("/") for text in texts)
+
+
+def _parameters(function: Union[ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda]) -> int:
+    """How many parameters inspect.signature counts: every one, defaults and * and ** too."""
+    arguments = function.args
+    return (
+        len(getattr(arguments, "posonlyargs", []))
+        + len(arguments.args)
+        + len(arguments.kwonlyargs)
+        + (arguments.vararg is not None)
+        + (arguments.kwarg is not None)
+    )
+
+
+def _takes_positionally(
+    function: Union[ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda], count: int
+) -> bool:
+    """Whether a call with count positional arguments binds to the function."""
+    arguments = function.args
+    positional = len(getattr(arguments, "posonlyargs", [])) + len(arguments.args)
+    if positional < count and arguments.vararg is None:
+        return False
+    if positional - len(arguments.defaults) > count:
+        return False
+    return all(default is not None for default in arguments.kw_defaults)
+
+
+class CodeCheck:
+    """The code check of one package's code/ (see the section's opening comment).
+
+    files and directories are code/'s, relative to it; read(name) gives a code/
+    file's bytes (None if it cannot); package_names are the package's own
+    names, for what model_fn opens.
+    """
+
+    def __init__(
+        self,
+        files: Mapping[str, int],
+        directories: Collection[str],
+        read: Callable[[str], Optional[bytes]],
+        entry_point: str,
+        serving_python: Optional[Tuple[int, int]],
+    ) -> None:
+        self.tree = _CodeTree(files, directories)
+        self.entry_point = entry_point
+        self.serving = serving_python
+        self.here = (sys.version_info[0], sys.version_info[1])
+        self.findings: List[Finding] = []
+        self._read = read
+        self._budget = MAX_CODE_CHECK_BYTES
+        self.modules: Dict[str, _Module] = {}  # parsed, by their file under code/
+        self.requirements = _Requirements(self.tree, self._read_bounded)
+        self.findings += self.requirements.findings
+
+    def _read_bounded(self, name: str) -> Optional[bytes]:
+        """A code/ file's bytes, within the check's budget of MAX_CODE_CHECK_BYTES."""
+        size = self.tree.files.get(name, 0)
+        if size > self._budget:
+            self._add(
+                "WARN",
+                "syntax",
+                name,
+                f"{CODE_DIR}/{name} is not checked: the code check reads at most "
+                f"{_human(MAX_CODE_CHECK_BYTES)} of code/, and this would pass it",
+            )
+            return None
+        self._budget -= size
+        return self._read(name)
+
+    def _add(self, level: str, check: str, name: str, message: str) -> None:
+        self.findings.append(Finding(level, check, f"{CODE_DIR}/{name}" if name else "", message))
+
+    def run(self, holds: Callable[[str], bool], root: Callable[[], List[str]]) -> List[Finding]:
+        """Every check; the findings, FAILs and WARNs (none: the code will serve, as far as
+        a reading can tell). holds(name) says whether the package holds a name (a file or
+        a directory), root() lists the names at its top."""
+        if self.entry_point not in self.tree.files:
+            return self.findings  # the layout checks say so
+        if self.serving is not None and self.serving > self.here:
+            self._add(
+                "WARN",
+                "syntax",
+                "",
+                f"--serving-python {_version(self.serving)} is newer than this Python "
+                f"({_version(self.here)}), which parses the code: syntax that only the newer "
+                f"one has is reported, not refused; run the check on Python "
+                f"{_version(self.serving)} or later to be sure",
+            )
+        reachable = self._parse_reachable()
+        self._parse_the_rest(reachable)
+        entry = self.modules.get(self.entry_point)
+        if entry is not None:
+            self._check_handlers(entry)
+            self._check_model_paths(entry, holds, root)
+        self._check_imports(reachable)
+        return self.findings
+
+    def _parse(self, name: str, reachable: bool) -> Optional[_Module]:
+        """Parse one code/ file; a syntax error is a finding (FAIL where it is imported)."""
+        source = self._read_bounded(name)
+        if source is None:
+            return None
+        tree, problem = self._syntax_tree(source, f"{CODE_DIR}/{name}")
+        if tree is None:
+            level = "FAIL" if reachable and not self._serving_is_newer() else "WARN"
+            fix = (
+                "the endpoint fails to import it: fix it"
+                if reachable
+                else "nothing imports it from the entry point, so it cannot break the endpoint"
+            )
+            self._add(level, "syntax", name, f"{CODE_DIR}/{name} {problem}; {fix}")
+            return None
+        package = name[: -len("/__init__.py")] if name.endswith("/__init__.py") else name
+        package = package.rpartition("/")[0] if package == name else package
+        scanner = _ModuleScanner(package.replace("/", "."))
+        scanner.scan(tree.body, False, True)
+        self.modules[name] = scanner.module
+        return scanner.module
+
+    def _serving_is_newer(self) -> bool:
+        return self.serving is not None and self.serving > self.here
+
+    def _syntax_tree(self, source: bytes, shown: str) -> Tuple[Optional[ast.Module], str]:
+        """The module's tree, or None and what is wrong, with the Python that said so."""
+        serving = self.serving
+        if serving is not None and serving < self.here and self.here >= (3, 8):
+            try:
+                return ast.parse(source, shown, feature_version=serving), ""
+            except (SyntaxError, ValueError, RecursionError) as exc:
+                tree, problem = self._syntax_tree_here(source, shown)
+                if tree is None:
+                    return None, problem
+                return None, (
+                    f"{_where(exc)}uses syntax that Python {_version(serving)} lacks "
+                    f"({_reason(exc)}; --serving-python {_version(serving)})"
+                )
+        return self._syntax_tree_here(source, shown)
+
+    def _syntax_tree_here(self, source: bytes, shown: str) -> Tuple[Optional[ast.Module], str]:
+        try:
+            return ast.parse(source, shown), ""
+        except (SyntaxError, ValueError, RecursionError) as exc:
+            return None, (
+                f"{_where(exc)}does not parse: {_reason(exc)} (Python {_version(self.here)} "
+                "parsed it)"
+            )
+
+    def _parse_reachable(self) -> Set[str]:
+        """Parse the entry point and every local module it imports, through other local
+        modules too; their files under code/."""
+        reachable = {self.entry_point}
+        pending = [self.entry_point]
+        while pending:
+            module = self._parse(pending.pop(), reachable=True)
+            if module is None:
+                continue
+            if module.dynamic:  # any module may be imported: every one counts as served
+                new = set(self.tree.sources) - reachable
+            else:
+                new = {f for i in module.imports for f in self._local_files(i)} - reachable
+            reachable |= new
+            pending.extend(sorted(new))
+        return reachable
+
+    def _parse_the_rest(self, reachable: Set[str]) -> None:
+        for name in self.tree.sources:
+            if name not in reachable:
+                self._parse(name, reachable=False)
+
+    def _local_files(self, wanted: _Import) -> List[str]:
+        """The code/ files an import runs: each package on the way, the module, and the
+        submodules that "from ... import" names."""
+        if wanted.problem:
+            return []
+        files: List[str] = []
+        parts = wanted.module.split(".")
+        for depth in range(1, len(parts) + 1):
+            found = self.tree.module_file(".".join(parts[:depth]))
+            if found is None:
+                return files
+            if found:
+                files.append(found)
+        for name in wanted.names:
+            found = self.tree.module_file(f"{wanted.module}.{name}")
+            if found:
+                files.append(found)
+        return files
+
+    def _check_imports(self, reachable: Set[str]) -> None:
+        """One WARN per served file whose imports resolve nowhere, naming them."""
+        anywhere = None
+        for name in sorted(reachable):
+            module = self.modules.get(name)
+            if module is None:
+                continue
+            if module.dynamic and anywhere is None:
+                anywhere = self.tree.top_level_anywhere()
+            missing = [
+                (wanted, why)
+                for wanted in module.imports
+                if not wanted.optional
+                for why in (self._unresolved(wanted, anywhere if module.dynamic else None),)
+                if why is not None
+            ]
+            if missing:
+                said = ", ".join(
+                    f"{wanted.module or '.'} (line {wanted.line}{'; ' + why if why else ''})"
+                    for wanted, why in missing[:10]
+                )
+                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                self._add(
+                    "WARN",
+                    "imports",
+                    name,
+                    f"{CODE_DIR}/{name} imports {said}{more}, which neither code/, "
+                    "code/requirements.txt, the standard library nor this Python has: the "
+                    "endpoint fails with 'No module named ...' unless its image has them; add "
+                    "them to code/requirements.txt, or the modules to code/",
+                )
+
+    def _unresolved(self, wanted: _Import, anywhere: Optional[FrozenSet[str]]) -> Optional[str]:
+        """Why the import cannot resolve ("" for no reason beyond not being found), or None."""
+        if wanted.problem:
+            return wanted.problem
+        top = wanted.module.partition(".")[0]
+        if self.tree.module_file(top) is not None:
+            if self.tree.module_file(wanted.module) is None:
+                return f"code/{wanted.module.replace('.', '/')} is missing"
+            return None
+        if top.lower() in self.requirements.import_names:
+            return None
+        if anywhere is not None and top in anywhere:
+            return None
+        if top in _stdlib_modules() or top in STDLIB_ADDED:
+            serving = self.serving or self.here
+            return _stdlib_problem(top, serving)
+        return None if _importable_here(top) else ""
+
+    def _check_handlers(self, entry: _Module) -> None:
+        """The handlers as the toolkit takes them: the set, and each one's parameters."""
+        shown = f"{CODE_DIR}/{self.entry_point}"
+        bound = entry.bindings
+        request = [name for name in REQUEST_HANDLERS if name in bound]
+        if "transform_fn" in bound and request and not entry.star:
+            self._add(
+                "FAIL",
+                "handlers",
+                self.entry_point,
+                f"{shown} defines transform_fn and {', '.join(request)}: the serving toolkit "
+                "refuses that with a ValueError at the first request; keep transform_fn "
+                "alone, or drop it and keep input_fn, predict_fn and output_fn",
+            )
+        for name, arguments in HANDLER_ARGUMENTS.items():
+            node = bound.get(name)
+            function = node.value if isinstance(node, ast.Assign) else node
+            if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                self._check_parameters(name, function, arguments)
+        if "model_fn" not in bound and not entry.star:
+            self._add(
+                "WARN",
+                "handlers",
+                self.entry_point,
+                f"{shown} defines no model_fn: the serving container's default loader is "
+                "used, and some framework containers have none; define model_fn(model_dir) "
+                "to load the model",
+            )
+
+    def _check_parameters(
+        self,
+        name: str,
+        function: Union[ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda],
+        arguments: Tuple[str, ...],
+    ) -> None:
+        if getattr(function, "decorator_list", None):
+            return  # a decorator may change the signature
+        count, given = _parameters(function), len(arguments)
+        if count in (given, given + 1) and _takes_positionally(function, count):
+            return
+        calls = f"{given} ({', '.join(arguments)}) or {given + 1} (and the context)"
+        what = (
+            f"takes {count} parameter{'s' if count != 1 else ''}"
+            if count not in (given, given + 1)
+            else f"cannot take its {count} parameters as positional arguments"
+        )
+        self._add(
+            "FAIL",
+            "handlers",
+            self.entry_point,
+            f"{CODE_DIR}/{self.entry_point} line {function.lineno}: {name} {what}; the "
+            f"serving toolkit calls it with {calls}, and fails otherwise: give it "
+            f"def {name}({', '.join(arguments)})",
+        )
+
+    def _check_model_paths(
+        self, entry: _Module, holds: Callable[[str], bool], root: Callable[[], List[str]]
+    ) -> None:
+        """WARN for a literal path that model_fn joins to its model dir, and the package lacks."""
+        function = entry.bindings.get("model_fn")
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return
+        for path, line in _ModelPaths(function).found:
+            path = posixpath.normpath(path.strip("/")) if path.strip("/") else ""
+            if not path or path.startswith("..") or any(c in path for c in "*?[{") or holds(path):
+                continue
+            held = [name for name in root() if name not in (CODE_DIR, CALIBRATION_DIR)][:5]
+            self._add(
+                "WARN",
+                "model files",
+                self.entry_point,
+                f"model_fn ({CODE_DIR}/{self.entry_point} line {line}) opens {path!r} in the "
+                f"model dir, which the package does not hold (at its root: "
+                f"{', '.join(held) or 'nothing'}): fix the name, or add the file to the model",
+            )
+
+
+def _where(exc: BaseException) -> str:
+    line = getattr(exc, "lineno", None)
+    return f"line {line}: " if line else ""
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it nests too deeply for the compiler"
+    return getattr(exc, "msg", None) or str(exc)
+
+
+def _empty_model_files(files: Mapping[str, int]) -> List[Finding]:
+    """WARN for each empty model file (outside code/): it cannot load."""
+    return [
+        Finding(
+            "WARN",
+            "model files",
+            name,
+            f"{name} is empty (0 bytes): a model file that cannot load (a failed upload or "
+            "write?); package the real file",
+        )
+        for name, size in files.items()
+        if not size
+        and not name.startswith(CODE_DIR + "/")
+        and not name.rpartition("/")[2].startswith((".", "_"))
+    ]
+
+
+def _lfs_pointer(name: str, data: bytes) -> Optional[Finding]:
+    """A WARN if a model file's bytes are a Git LFS pointer, not the file."""
+    if len(data) >= LFS_POINTER_MAX or not data.startswith(LFS_POINTER):
+        return None
+    return Finding(
+        "WARN",
+        "model files",
+        name,
+        f"{name} is a Git LFS pointer ({len(data)} bytes), not the file it stands for: run "
+        "git lfs pull where the model comes from, then package again",
+    )
+
+
+def _requirements_elsewhere(names: Iterable[str], code_files: Collection[str]) -> List[Finding]:
+    """WARN for a requirements.txt outside code/'s top while code/ has none of its own."""
+    if "requirements.txt" in code_files:
+        return []
+    return [
+        Finding(
+            "WARN",
+            "requirements",
+            name,
+            f"{name} is not installed: the endpoint installs only "
+            f"{CODE_DIR}/requirements.txt, and code/ has none; move it to the script dir's top",
+        )
+        for name in names
+        if name.rpartition("/")[2] == "requirements.txt"
+    ]
+
+
+def check_code(
+    files: Mapping[str, int],
+    directories: Collection[str],
+    read: Callable[[str], Optional[bytes]],
+    entry_point: str,
+    serving_python: Optional[Tuple[int, int]],
+) -> List[Finding]:
+    """Whether the package will serve, as far as reading it can tell: its findings.
+
+    files (each file's size) and directories are the whole package's, by name;
+    read(name) gives a code/ file's bytes. entry_point is relative to code/.
+    """
+    prefix = CODE_DIR + "/"
+    code_files = {
+        name[len(prefix) :]: size for name, size in files.items() if name.startswith(prefix)
+    }
+    findings = _empty_model_files(files) + _requirements_elsewhere(files, code_files)
+    if not code_files:
+        return findings
+    code_directories = [name[len(prefix) :] for name in directories if name.startswith(prefix)]
+    check = CodeCheck(
+        code_files,
+        code_directories,
+        lambda name: read(prefix + name),
+        entry_point,
+        serving_python,
+    )
+    directory_set = set(directories)
+    holds = lambda name: name in files or name in directory_set  # noqa: E731
+
+    def root() -> List[str]:
+        return sorted({name.partition("/")[0] for name in files})
+
+    return findings + check.run(holds, root)
 
 
 # ---------------------------------------------------------------------------
@@ -3035,14 +4046,14 @@ def _write_file(
     header: bytes,
     sink: GzipWriter,
     progress: _Progress,
-    inspect: Optional[Inspector],
+    screen: Optional[Inspector],
     directories: _DirectoryChain,
     digest: Optional[Any] = None,
 ) -> int:
     """Write a file's header, bytes and padding into sink; return its CRC-32.
 
     The file is opened through directories, as it was planned (see _stamp),
-    and must be so still once read. inspect, if given, sees the bytes of a
+    and must be so still once read. screen, if given, sees the bytes of a
     file that comes in one block; digest, if given, is updated with every
     byte. A file that changed is refused (what was written of it is then
     discarded with the package).
@@ -3053,8 +4064,8 @@ def _write_file(
         copied, crc = len(block), zlib.crc32(block)
         if digest is not None:
             digest.update(block)
-        if copied == member.size and inspect is not None:
-            inspect(member, block)
+        if copied == member.size and screen is not None:
+            screen(member, block)
         sink.write(header)
         sink.write(block)
         progress.advance(copied)
@@ -3110,12 +4121,12 @@ class Written(Sequence[Record]):
 def write_tar(
     members: List[Member],
     sink: GzipWriter,
-    inspect: Optional[Inspector] = None,
+    screen: Optional[Inspector] = None,
     written: Optional[Written] = None,
 ) -> Written:
     """Write members as a PAX tar stream into sink; return what was written, with CRC-32s.
 
-    inspect, if given, sees the bytes of every file of at most IO_BLOCK_SIZE.
+    screen, if given, sees the bytes of every file of at most IO_BLOCK_SIZE.
     Each member is added to written (a new one if none) as soon as it is
     written, so that a reader can check it while writing goes on.
     """
@@ -3130,7 +4141,7 @@ def write_tar(
             if is_dir:
                 sink.write(header)
             else:
-                crc = _write_file(member, header, sink, progress, inspect, directories, digest)
+                crc = _write_file(member, header, sink, progress, screen, directories, digest)
             written.crcs.append(crc)
             if written.digests is not None:
                 written.digests.append("" if digest is None or is_dir else digest.hexdigest())
@@ -3478,6 +4489,400 @@ class _ReadBack(_ContextManager):
 
 
 # ---------------------------------------------------------------------------
+# Will it serve: the smoke test (--smoke-test)
+#
+# The package is run as the serving toolkit would run it, in a child process of the smoke
+# Python (--smoke-python, default this one):
+#
+# 1. the written package (its bytes on disk, not the inputs) is extracted, by the same
+#    strict reader as a model archive, into a throwaway dir under the work dir;
+# 2. code/requirements.txt, if it names anything, is installed as the endpoint installs it
+#    (pip install -r), into a throwaway virtual environment whose .pth file layers it over
+#    the smoke Python's own packages: what is installed already satisfies a line and is
+#    not fetched, and nothing of the smoke Python's is changed;
+# 3. the child imports the entry point as sagemaker-inference does (code/ first on
+#    PYTHONPATH, SAGEMAKER_PROGRAM set), refuses transform_fn beside the other handlers,
+#    calls model_fn(model_dir), and with --sample sends one request through input_fn,
+#    predict_fn and output_fn (or transform_fn), a handler with one parameter more getting
+#    a context, a UTF-8 body decoded to str first. It writes what happened as JSON.
+#
+# The child and everything it starts form a process group of their own, ended on a
+# timeout (--smoke-timeout, for steps 2 and 3 together) or a stop. Whatever the code
+# does, it does to the throwaway copy, which goes with the work dir's other leftovers.
+
+SAMPLE_CONTENT_TYPES = {
+    ".json": "application/json",
+    ".csv": "text/csv",
+    ".npy": "application/x-npy",
+}
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+SMOKE_OUTPUT_LINES = 5  # of the child's own output, quoted when it dies without a word
+
+
+def _smoke_child() -> None:
+    """The smoke test's child program; it runs from its source, as python -c.
+
+    Its arguments: the result file, the model dir, SAGEMAKER_PROGRAM, and the
+    sample, its content type and the accept type ("" for none). It uses only
+    what Python 3.6 has, so that an old serving image's Python can run it;
+    its annotations are strings, which the child never evaluates.
+    """
+    import importlib
+    import importlib.util
+    import inspect
+    import json
+    import os
+    import resource
+    import sys
+    import time
+    import traceback
+
+    result_path, model_dir, program, sample, content_type, accept = sys.argv[1:7]
+    result: Dict[str, Any] = {"stage": "import"}
+
+    class Request:
+        def __init__(self, properties: "Dict[str, str]") -> None:
+            self.properties = properties
+
+        def get_request_properties(self) -> "Dict[str, str]":
+            return self.properties
+
+    class Context:
+        """The request context that a handler with one parameter more gets."""
+
+        def __init__(self) -> None:
+            self.system_properties = {"model_dir": model_dir, "gpu_id": None}
+            self.request_processor = [Request({"Content-Type": content_type, "Accept": accept})]
+            self.content_type = ""
+
+        def set_response_content_type(self, index: int, content_type: str) -> None:
+            self.content_type = content_type
+
+    def call(function: "Any", *arguments: "Any") -> "Any":
+        """As the toolkit calls a handler: with the context if it has one parameter more."""
+        count = len(inspect.signature(function).parameters)
+        if count == len(arguments) + 1:
+            arguments += (Context(),)
+        elif count != len(arguments):
+            given = len(arguments)
+            raise TypeError(f"{function.__name__} takes {count} arguments but {given} were given.")
+        return function(*arguments)
+
+    try:
+        name = program[:-3] if program.endswith(".py") else program
+        if importlib.util.find_spec(name) is None:
+            raise ImportError(f"No module named {name!r}: code/ has no {program}")
+        module = importlib.import_module(name)
+        handlers = {
+            handler: getattr(module, handler, None)
+            for handler in ("model_fn", "transform_fn", "input_fn", "predict_fn", "output_fn")
+        }
+        request_handlers = [handlers[h] for h in ("input_fn", "predict_fn", "output_fn")]
+        if handlers["transform_fn"] and any(request_handlers):
+            raise ValueError(
+                "Cannot use transform_fn implementation in conjunction with input_fn, "
+                "predict_fn, and/or output_fn implementation"
+            )
+        result["stage"] = "model_fn"
+        if handlers["model_fn"] is None:
+            result["skipped"] = "model_fn is not defined: the container's default loader is used"
+        else:
+            started = time.time()
+            model = call(handlers["model_fn"], model_dir)
+            result["model_fn_seconds"] = round(time.time() - started, 3)
+            result["model_type"] = f"{type(model).__module__}.{type(model).__qualname__}"
+        result["stage"] = "request"
+        if sample and "skipped" not in result:
+            if not handlers["transform_fn"] and not all(request_handlers):
+                result["skipped"] = "the handlers are not all defined: the container's are used"
+            else:
+                with open(sample, "rb") as sample_file:
+                    body: Any = sample_file.read()
+                if content_type in ("application/json", "text/csv"):
+                    body = body.decode("utf-8")  # as the toolkit does for UTF-8 types
+                if not accept or accept == "*/*":
+                    accept = os.environ.get(
+                        "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", "application/json"
+                    )
+                started = time.time()
+                if handlers["transform_fn"]:
+                    response = call(handlers["transform_fn"], model, body, content_type, accept)
+                else:
+                    data = call(handlers["input_fn"], body, content_type)
+                    prediction = call(handlers["predict_fn"], data, model)
+                    response = call(handlers["output_fn"], prediction, accept)
+                result["request_seconds"] = round(time.time() - started, 3)
+                response_type = accept
+                if isinstance(response, tuple):
+                    response, response_type = response[0], response[1]
+                if isinstance(response, str):
+                    response = response.encode("utf-8")
+                if not isinstance(response, (bytes, bytearray)):
+                    kind = type(response).__name__
+                    raise TypeError(f"the response is a {kind}, not bytes or str")
+                with open(result_path + ".response", "wb") as response_file:
+                    response_file.write(response)
+                result["response_bytes"] = len(response)
+                result["content_type"] = response_type
+        result["stage"] = "done"
+    except BaseException as exc:  # everything the code may raise, SystemExit included
+        frames = traceback.extract_tb(exc.__traceback__)[-3:]
+        result["error"] = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "frames": [f"{frame[0]}:{frame[1]} in {frame[2]}" for frame in frames],
+        }
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open(result_path, "w") as result_file:
+        json.dump(result, result_file)
+
+
+class SmokeResult(NamedTuple):
+    """What the smoke test found: status pass or skipped (a failure raises), and measures."""
+
+    status: str
+    seconds: float
+    response_bytes: Optional[int] = None
+    content_type: Optional[str] = None
+    model_fn_seconds: Optional[float] = None
+    model_type: Optional[str] = None
+    request_seconds: Optional[float] = None
+    peak_memory_bytes: Optional[int] = None
+    note: str = ""
+
+    def summary(self) -> Dict[str, Any]:
+        """The summary line's, the report's and --verify --json's smoke_test object."""
+        return {key: value for key, value in self._asdict().items() if value not in (None, "")}
+
+
+class _SmokeRun:
+    """One smoke test: its throwaway dir, deadline, and the child processes it starts."""
+
+    def __init__(self, directory: Path, options: Options, entry_point: str) -> None:
+        self.directory = directory
+        self.options = options
+        self.entry_point = entry_point
+        self.deadline = time.monotonic() + options.smoke_timeout
+        self.output = directory / "output.log"  # what the children print
+
+    def run(self, package: Path) -> SmokeResult:
+        started = time.monotonic()
+        model_dir = self.directory / "model"
+        model_dir.mkdir()
+        extract_archive(package, _stamp(os.stat(package)), model_dir, None, self.directory / "held")
+        python = self._environment(model_dir / CODE_DIR)
+        result_path = self.directory / "result.json"
+        sample = self.options.sample
+        content_type = self.options.content_type or _guess_content_type(sample)
+        run_dir = self.directory / "run"  # the child's working dir: empty
+        run_dir.mkdir()
+        environ = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, (os.fspath(model_dir / CODE_DIR), os.environ.get("PYTHONPATH")))
+            ),
+            "SAGEMAKER_PROGRAM": self.entry_point,
+            "SAGEMAKER_BASE_DIR": os.fspath(self.directory),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        arguments = [
+            os.fspath(result_path),
+            os.fspath(model_dir),
+            self.entry_point,
+            os.path.abspath(sample) if sample else "",
+            content_type if sample else "",
+            self.options.accept or "",
+        ]
+        child = inspect.getsource(_smoke_child) + "\n_smoke_child()\n"
+        code = self._child([python, "-c", child, *arguments], environ, run_dir)
+        return self._verdict(result_path, code, time.monotonic() - started)
+
+    def _environment(self, code_dir: Path) -> str:
+        """The Python the child runs: the smoke Python, or a throwaway virtual environment
+        layered over it with code/requirements.txt installed."""
+        python = self.options.smoke_python or sys.executable
+        requirements = code_dir / "requirements.txt"
+        text = requirements.read_text("utf-8", "replace") if requirements.is_file() else ""
+        if not any(_logical_lines(text)):
+            return python
+        if self._child([python, "-m", "pip", "--version"], None, self.directory) != 0:
+            _warn(
+                "smoke test",
+                f"{CODE_DIR}/requirements.txt",
+                f"the smoke Python {python} has no pip, so code/requirements.txt is not "
+                "installed for the smoke test: the code runs with what that Python has",
+            )
+            return python
+        paths = self.directory / "paths.txt"
+        probe = (
+            f"import sys; open({os.fspath(paths)!r}, 'w').write('\\n'.join(filter(None, sys.path)))"
+        )
+        environment = self.directory / "env"
+        for argv in ([python, "-c", probe], [python, "-m", "venv", "--without-pip", environment]):
+            if self._child(argv, None, self.directory) != 0:
+                raise self._failure(f"preparing its environment ({argv[1]} {argv[2]}) failed")
+        layered = environment / "bin" / "python"
+        site = self.directory / "site.txt"
+        locate = (
+            f"import sysconfig; open({os.fspath(site)!r}, 'w')"
+            ".write(sysconfig.get_paths()['purelib'])"
+        )
+        if self._child([os.fspath(layered), "-c", locate], None, self.directory) != 0:
+            raise self._failure("its virtual environment does not start")
+        Path(site.read_text(), "_mims_smoke_layer.pth").write_text(paths.read_text() + "\n")
+        install = [
+            os.fspath(layered), "-m", "pip", "install", "--disable-pip-version-check",
+            "--no-input", "-r", os.fspath(requirements),
+        ]  # fmt: skip
+        log.info("smoke test: pip install -r code/requirements.txt")
+        if self._child(install, None, self.directory) != 0:
+            raise self._failure(
+                "pip install -r code/requirements.txt failed; the endpoint installs it at "
+                "start-up and would stop the same way",
+                quote=True,
+            )
+        return os.fspath(layered)
+
+    def _child(self, argv: Sequence[Any], environ: Optional[Mapping[str, str]], cwd: Path) -> int:
+        """Run argv in a process group of its own, its output to the log; its exit code.
+
+        Ends the group on the deadline (a PackagingError) or a stop, and after the
+        child exits (anything it left running goes too).
+        """
+        with open(self.output, "ab") as output:
+            process = subprocess.Popen(
+                [os.fspath(arg) for arg in argv],
+                cwd=cwd,
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            while True:
+                _check_stop()
+                try:
+                    return process.wait(STOP_CHECK_INTERVAL)
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > self.deadline:
+                        raise self._failure(
+                            f"it took more than --smoke-timeout {self.options.smoke_timeout:g} "
+                            "seconds; the endpoint's start-up times out too"
+                        ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def _verdict(self, result_path: Path, code: int, seconds: float) -> SmokeResult:
+        """The child's result, or the failure that explains it."""
+        try:
+            result = json.loads(result_path.read_text("utf-8"))
+        except (OSError, ValueError):
+            if code < 0:
+                died = f"was killed by {signal.Signals(-code).name}"
+                if -code == signal.SIGKILL:
+                    died += " (out of memory?)"
+            else:
+                died = f"exited with code {code} before it could say why"
+            raise self._failure(f"its child process {died}", quote=True) from None
+        error = result.get("error")
+        if error:
+            frames = "; ".join(error.get("frames", []))
+            stage = {"import": "importing", "model_fn": "in model_fn", "request": "in the request"}
+            raise self._failure(
+                f"{stage.get(result.get('stage'), 'in')} {self.entry_point}: "
+                f"{error.get('type')}: {error.get('message')} (at {frames}); the endpoint "
+                "would fail the same way"
+            )
+        return SmokeResult(
+            "pass",
+            round(seconds, 3),
+            result.get("response_bytes"),
+            result.get("content_type"),
+            result.get("model_fn_seconds"),
+            result.get("model_type"),
+            result.get("request_seconds"),
+            result.get("peak_rss_bytes"),
+            result.get("skipped", ""),
+        )
+
+    def _failure(self, what: str, quote: bool = False) -> PackagingError:
+        said = ""
+        if quote:
+            with contextlib.suppress(OSError):
+                lines = self.output.read_text("utf-8", "replace").splitlines()
+                said = " | ".join(lines[-SMOKE_OUTPUT_LINES:])
+        return PackagingError(
+            f"the smoke test failed: {what}" + (f"; it said: {said}" if said else "")
+        )
+
+
+def _guess_content_type(sample: Optional[str]) -> str:
+    """The sample's content type, by its extension (application/octet-stream if unknown)."""
+    suffix = os.path.splitext(sample or "")[1].lower()
+    return SAMPLE_CONTENT_TYPES.get(suffix, DEFAULT_CONTENT_TYPE)
+
+
+def smoke_test(package: Path, work_dir: Path, options: Options, entry_point: str) -> SmokeResult:
+    """Run the package as the serving toolkit would (see this section); raise PackagingError
+    if it would not serve. Its throwaway dir goes under work_dir, and is removed after."""
+    directory = Path(tempfile.mkdtemp(prefix=".mims-smoke-", dir=work_dir))
+    started = time.monotonic()
+    try:
+        with _phase("smoke test") as phase:
+            result = _SmokeRun(directory, options, entry_point).run(package)
+            phase.amount = result.status
+    except PackagingError:
+        _record(smoke_test={"status": "fail", "seconds": round(time.monotonic() - started, 3)})
+        raise
+    finally:
+        _remove_throwaway(directory)
+    _record(smoke_test=result.summary())
+    log.info("smoke test: passed: %s", _smoke_words(result))
+    return result
+
+
+def _smoke_words(result: SmokeResult) -> str:
+    """What a passed smoke test found, said in one line."""
+    said = [result.note]
+    if result.model_type is not None:
+        said = [f"model_fn {result.model_fn_seconds:.2f} s gave a {result.model_type}"]
+    if result.response_bytes is not None:
+        said.append(
+            f"the request {result.request_seconds:.2f} s gave {result.response_bytes} bytes "
+            f"of {result.content_type}"
+        )
+    elif result.note and result.model_type is not None:
+        said.append(f"no request: {result.note}")
+    if result.peak_memory_bytes is not None:
+        said.append(f"peak memory {_human(result.peak_memory_bytes)}")
+    return "; ".join(said)
+
+
+def _remove_throwaway(directory: Path) -> None:
+    """Remove a dir that the user's code wrote in, even where it took its own permissions
+    away; what cannot be removed is a warning."""
+    try:
+        _remove_tree(directory)
+        return
+    except OSError:
+        pass
+    stack = [os.fspath(directory)]
+    while stack:
+        path = stack.pop()
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+            with os.scandir(path) as entries:
+                stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+    try:
+        _remove_tree(directory)
+    except OSError as exc:
+        _warn("cleanup", "", f"could not remove the smoke test's directory {directory}: {exc}")
+
+
+# ---------------------------------------------------------------------------
 # Checking any package: --verify
 #
 # A package built by anyone (this script, GNU tar, bsdtar, tarfile, a training
@@ -3490,15 +4895,6 @@ class _ReadBack(_ContextManager):
 # leave out, credentials in code/ and calibration/). Nothing is written.
 
 
-class Finding(NamedTuple):
-    """One verdict of --verify: level PASS, WARN or FAIL, the check, the member if any, why."""
-
-    level: str
-    check: str
-    member: str
-    message: str
-
-
 class PackageCheck(NamedTuple):
     """What --verify found in a package: its SHA-256, members, bytes and findings."""
 
@@ -3507,6 +4903,7 @@ class PackageCheck(NamedTuple):
     members: int
     bytes: int
     findings: List[Finding]
+    smoke_test: Optional[SmokeResult] = None  # None: not asked for, or not reached
 
     @property
     def status(self) -> str:
@@ -3525,7 +4922,9 @@ class _PackageReview:
         self.report = report  # --expect-report: each member as the report has it, by name
         self.findings: List[Finding] = []
         self.names: Dict[str, bool] = {}  # each name seen: whether it was a directory
-        self.files: List[str] = []
+        self.files: Dict[str, int] = {}  # each file's size
+        self.code: Dict[str, bytes] = {}  # code/ files, for the code check
+        self._code_budget = MAX_CODE_CHECK_BYTES
         self.excludes = Excludes(DEFAULT_EXCLUDES)
         self.members = self.bytes = 0
 
@@ -3578,16 +4977,20 @@ class _PackageReview:
             )
         digest = None
         if member.kind == "file":
-            self.files.append(name)
+            self.files[name] = member.size
             digest = self._read_file(reader, member, name)
         if self.report is not None and name:
             self._compare(name, "dir" if is_dir else "file", member.size, digest)
 
     def _read_file(self, reader: TarReader, member: TarMember, name: str) -> Optional[str]:
-        """Read a file's bytes once, if anything needs them: its SHA-256 (for a report), or
-        its content (small code and calibration files, for credentials)."""
-        scanned = name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/"))
-        kept: Optional[List[bytes]] = [] if scanned and member.size <= SECRET_SCAN_LIMIT else None
+        """Read a file's bytes once, if anything needs them: its SHA-256 (for a report), its
+        content (small code and calibration files, for credentials and the code check; a
+        small model file, for a Git LFS pointer)."""
+        is_code = name.startswith(CODE_DIR + "/")
+        scanned = is_code or name.startswith(CALIBRATION_DIR + "/")
+        small = member.size <= SECRET_SCAN_LIMIT
+        keep = (scanned and small) or (not is_code and member.size < LFS_POINTER_MAX)
+        kept: Optional[List[bytes]] = [] if keep else None
         digest = hashlib.sha256() if self.report is not None else None
         if kept is not None or digest is not None:
             for piece in reader.data():
@@ -3595,8 +4998,16 @@ class _PackageReview:
                     digest.update(piece)
                 if kept is not None:
                     kept.append(bytes(piece))
+        content = None if kept is None else b"".join(kept)
         if scanned:
-            self._credentials(name, None if kept is None else b"".join(kept))
+            self._credentials(name, content)
+        if content is not None and not is_code:
+            found = _lfs_pointer(name, content)
+            if found is not None:
+                self.findings.append(found)
+        if content is not None and is_code and len(content) <= self._code_budget:
+            self._code_budget -= len(content)
+            self.code[name] = content
         return None if digest is None else digest.hexdigest()
 
     def _compare(self, name: str, kind: str, size: int, sha256: Optional[str]) -> None:
@@ -3666,20 +5077,37 @@ class _PackageReview:
         if not model:
             self.add("FAIL", "layout", "", "the package holds no model files")
 
+    def serving(self, serving_python: Optional[Tuple[int, int]]) -> None:
+        """The code check, on the package's code/ as it was read."""
+        directories = [name for name, is_dir in self.names.items() if is_dir and name]
+        entry_point = self.entry_point or DEFAULT_ENTRY_POINT
+        self.findings += check_code(
+            self.files, directories, self.code.get, entry_point, serving_python
+        )
+
 
 def check_package(
     path: Union[str, Path],
     expect_sha256: Optional[str] = None,
     entry_point: Optional[str] = None,
     expect_report: Optional[Mapping[str, Any]] = None,
+    *,
+    options: Optional[Options] = None,
+    work_dir: Union[str, Path, None] = None,
 ) -> PackageCheck:
-    """Check any model.tar.gz as SageMaker hosting will use it; write nothing.
+    """Check any model.tar.gz as SageMaker hosting will use it; write nothing beside it.
 
     expect_report, a package.json this script wrote, names the package's
-    SHA-256 and every member's type, size and SHA-256; each must match. Raises
-    OSError if the file cannot be read (the command line exits 2); everything
-    found in what it holds is a Finding.
+    SHA-256 and every member's type, size and SHA-256; each must match.
+    options may name the serving Python and ask for a smoke test, which runs in
+    a throwaway dir under work_dir (default: the system temp dir), removed
+    after. Raises OSError if the file cannot be read (the command line exits
+    2); everything found in what it holds is a Finding.
     """
+    options = options or Options()
+    entry_point = entry_point or options.entry_point
+    serving_python = _check_serving_python(options.serving_python)
+    _check_smoke_options(options)
     members = None
     if expect_report is not None:
         members = {entry["name"]: entry for entry in expect_report.get("members", ())}
@@ -3701,8 +5129,13 @@ def check_package(
             whole = f"{compression or 'plain tar'}: every header and the end marker whole"
             review.add("PASS", "integrity", "", whole)
             review.layout()
+            review.serving(serving_python)
             review.unreported_left()
-            checks = ("safety", "credentials", "layout", *(("report",) if members else ()))
+            has_code = any(name.startswith(CODE_DIR + "/") for name in review.files)
+            checks = ["safety", "credentials", "layout"]
+            checks += [*CODE_CHECK_TESTS] if has_code else ["model files"]
+            if members:
+                checks.append("report")
             for check in checks:
                 if not any(finding.check == check for finding in review.findings):
                     review.add("PASS", check, "", "nothing found")
@@ -3717,7 +5150,18 @@ def check_package(
             "",
             f"expected {expect_sha256}" + ("" if same else f", found {digest}"),
         )
-    return PackageCheck(os.fspath(path), digest, review.members, review.bytes, review.findings)
+    smoke = None
+    if options.smoke_test and not any(
+        f.check == "integrity" for f in review.findings if f.level == "FAIL"
+    ):
+        work = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+        try:
+            smoke = smoke_test(Path(real), work, options, entry_point or DEFAULT_ENTRY_POINT)
+            review.add("PASS", "smoke test", "", f"{smoke.status}: {_smoke_words(smoke)}")
+        except PackagingError as exc:
+            review.add("FAIL", "smoke test", "", str(exc))
+    checked = PackageCheck(os.fspath(path), digest, review.members, review.bytes, review.findings)
+    return checked._replace(smoke_test=smoke)
 
 
 # ---------------------------------------------------------------------------
@@ -3781,6 +5225,17 @@ SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = f"urn:mims-package:{__version__}"
 REPORT_NAME = "package.json"
 STATEMENT_NAME = "package.intoto.json"
+TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
+TEST_RESULT_NAME = "package.test-result.intoto.json"  # written where a smoke test ran
+# The tests a test-result statement names: the code check's, by its findings' checks, and
+# the smoke test's.
+CODE_CHECK_TESTS = {
+    "syntax": "code parses",
+    "handlers": "handlers",
+    "imports": "imports",
+    "requirements": "requirements",
+    "model files": "model files",
+}
 
 
 def _report_target(report_dir: Union[str, Path, None], output: Path) -> Optional[Path]:
@@ -3837,9 +5292,10 @@ def write_report(
     result: PackageResult,
     written: Written,
     inputs: Inputs,
-    parameters: Mapping[str, Any],
+    options: Options,
 ) -> None:
-    """Write package.json and package.intoto.json for a published package, each atomically."""
+    """Write package.json and package.intoto.json for a published package, each atomically,
+    and package.test-result.intoto.json where a smoke test ran."""
     facts = _FACTS.get()
     summary = facts.summary(None) if facts is not None else {}
     assert written.digests is not None
@@ -3854,11 +5310,16 @@ def write_report(
         for member, sha256 in zip(written.members, written.digests)
     ]
     dependencies = _input_digests(written, inputs)
+    warnings = summary.get("warnings", [])
     report = {
         "package": os.path.abspath(result),
         "sha256": result.sha256,
         "size": result.size,
         "summary": summary,
+        "warnings": warnings,
+        "warning_count": len(warnings),
+        "code_check": [w for w in warnings if w["check"] in CODE_CHECK_TESTS],
+        "smoke_test": summary.get("smoke_test") or {"status": "skipped"},
         "members": members,
         "inputs": dependencies,
     }
@@ -3867,26 +5328,65 @@ def write_report(
     job = _job_name()
     if job is not None:
         metadata["invocationId"] = job
+    subject = [{"name": PACKAGE_NAME, "digest": {"sha256": result.sha256}}]
     statement = {
         "_type": IN_TOTO_STATEMENT,
-        "subject": [{"name": PACKAGE_NAME, "digest": {"sha256": result.sha256}}],
+        "subject": subject,
         "predicateType": SLSA_PROVENANCE,
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": dict(parameters),
+                "externalParameters": options._asdict(),
                 "resolvedDependencies": dependencies,
             },
             "runDetails": {"builder": {"id": BUILD_TYPE}, "metadata": metadata},
         },
     }
+    files = {REPORT_NAME: report, STATEMENT_NAME: statement}
+    if options.smoke_test:
+        entry = f"{CODE_DIR}/{options.entry_point or DEFAULT_ENTRY_POINT}"
+        entry_digest = next(d for m, d in zip(written.members, written.digests) if m.name == entry)
+        predicate = _test_result(report["smoke_test"], warnings, options)
+        predicate["configuration"].insert(0, {"name": entry, "digest": {"sha256": entry_digest}})
+        files[TEST_RESULT_NAME] = {
+            "_type": IN_TOTO_STATEMENT,
+            "subject": subject,
+            "predicateType": TEST_RESULT,
+            "predicate": predicate,
+        }
     with _os_errors("writing the report", report_dir):
         report_dir.mkdir(parents=True, exist_ok=True)
-        for name, content in ((REPORT_NAME, report), (STATEMENT_NAME, statement)):
+        for name, content in files.items():
             _write_atomically(
                 report_dir / name, json.dumps(content, indent=2, sort_keys=True) + "\n"
             )
-    log.info("report: %s and %s in %s", REPORT_NAME, STATEMENT_NAME, report_dir)
+    log.info("report: %s in %s", ", ".join(files), report_dir)
+
+
+def _test_result(
+    smoke: Mapping[str, Any], warnings: List[Dict[str, str]], options: Options
+) -> Dict[str, Any]:
+    """An in-toto test-result predicate for a package that passed its smoke test: each check
+    passed, or warned (a failure publishes nothing, so none failed)."""
+    warned = {CODE_CHECK_TESTS[w["check"]] for w in warnings if w["check"] in CODE_CHECK_TESTS}
+    tests = [*CODE_CHECK_TESTS.values(), "model_fn"]
+    if "model_type" not in smoke:
+        warned.add("model_fn")
+    configuration: List[Dict[str, Any]] = []
+    if options.sample is not None:
+        tests.append("sample request")
+        if "response_bytes" not in smoke:
+            warned.add("sample request")
+        with open(options.sample, "rb") as sample:
+            digest = hashlib.sha256(sample.read()).hexdigest()
+        configuration.append({"name": "sample", "digest": {"sha256": digest}})
+    return {
+        "result": "WARNED" if warned else "PASSED",
+        "configuration": configuration,
+        "passedTests": [test for test in tests if test not in warned],
+        "warnedTests": [test for test in tests if test in warned],
+        "failedTests": [],
+    }
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -3915,7 +5415,7 @@ def _staging_dir(work_dir: Path) -> Iterator[Path]:
         try:
             _remove_tree(path)
         except OSError as exc:
-            log.warning("could not remove the staging directory %s: %s", path, exc)
+            _warn("cleanup", "", f"could not remove the staging directory {path}: {exc}")
 
 
 def _inside_any(path: Path, inputs: Tuple[Path, ...]) -> Optional[Path]:
@@ -3960,10 +5460,11 @@ def _output_dir(output_dir: Path) -> Iterator[None]:
         _check_writable(output_dir)
         others = sorted(p.name for p in output_dir.iterdir() if p.name != PACKAGE_NAME)
         if others:
-            log.warning(
-                "output directory %s also holds %s; they are left alone",
-                output_dir,
-                ", ".join(others),
+            _warn(
+                "output",
+                "",
+                f"output directory {output_dir} also holds {', '.join(others)}; they are left "
+                "alone",
             )
         yield
     except BaseException:
@@ -4025,8 +5526,10 @@ def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
 
 
 def _say_replaced(name: str, dropped: int, source: Path) -> None:
-    log.warning(
-        "the model's own %s/ (%d files) is dropped and replaced by %s", name, dropped, source
+    _warn(
+        "inputs",
+        name + "/",
+        f"the model's own {name}/ ({dropped} files) is dropped and replaced by {source}",
     )
 
 
@@ -4135,9 +5638,11 @@ def _read_archive_for_plan(
 def _log_inputs(inputs: Inputs) -> None:
     """Say which optional inputs are absent, and what they mean for the package."""
     if inputs.script is None:
-        log.warning(
-            "no inference code in %s: the package has no code/ unless the model brings one",
-            os.path.abspath(inputs.given_script),
+        _warn(
+            "inputs",
+            "",
+            f"no inference code in {os.path.abspath(inputs.given_script)}: the package has no "
+            "code/ unless the model brings one",
         )
     if inputs.calibration is None:
         log.info(
@@ -4187,11 +5692,12 @@ def _check_and_log_members(
     if inputs.archive is None:
         for member in model:
             if member.name.endswith(ARCHIVE_SUFFIXES):
-                log.warning(
-                    "the model input holds %s, which looks like an archive: it is packaged as "
-                    "a file, not extracted (only model.tar.gz at the top of the model input is, "
-                    "or the file that --model-dir names)",
+                _warn(
+                    "layout",
                     member.name,
+                    f"the model input holds {member.name}, which looks like an archive: it is "
+                    "packaged as a file, not extracted (only model.tar.gz at the top of the model "
+                    "input is, or the file that --model-dir names)",
                 )
     if log.isEnabledFor(logging.DEBUG):
         for member in members:
@@ -4204,22 +5710,115 @@ def _scanned(loose_model: bool) -> Callable[[str], bool]:
     return lambda name: loose_model or name.startswith(extras)
 
 
+class _MemberReader(_DirectoryChain):
+    """Reads planned members whole, as they were planned (see _stamp); a member planned
+    from a model archive without extracting it (stamp 0) from the bytes kept as it was read."""
+
+    def __init__(self, kept: Mapping[str, bytes]) -> None:
+        super().__init__()
+        self._kept = kept
+
+    def read(self, member: Member) -> Optional[bytes]:
+        if not member.stamp:
+            return self._kept.get(member.path)
+        fd = self.open_file(member.path, member.stamp)
+        try:
+            pieces, copied, ended = [], 0, False
+            while not ended:
+                block, ended = _read_block(fd, member, copied)
+                pieces.append(block)
+                copied += len(block)
+            _check_unchanged(fd, member.path, member.stamp)
+        finally:
+            os.close(fd)
+        return b"".join(pieces)
+
+
+def _check_code(members: List[Member], reader: _MemberReader, options: Options) -> None:
+    """The code check, before anything is written: a FAIL ends the run, a WARN is a warning."""
+    files = {member.name: member.size for member in members if not member.is_dir}
+    by_name = {member.name: member for member in members if member.name.startswith("code/")}
+    findings = check_code(
+        files,
+        [member.name for member in members if member.is_dir],
+        lambda name: reader.read(by_name[name]),
+        options.entry_point or DEFAULT_ENTRY_POINT,
+        _check_serving_python(options.serving_python),
+    )
+    failures = [finding.message for finding in findings if finding.level == "FAIL"]
+    for finding in findings:
+        if finding.level == "WARN":
+            _warn(finding.check, finding.member, finding.message)
+    if failures:
+        more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
+        raise PackagingError(
+            f"the package would not serve: {' | '.join(failures[:3])}{more}; nothing was written"
+        )
+    entry_point = options.entry_point or DEFAULT_ENTRY_POINT
+    if f"{CODE_DIR}/{entry_point}" in by_name:
+        log.info(
+            "code check: %d files in code/, %d warnings; deploy with SAGEMAKER_PROGRAM=%s and "
+            "SAGEMAKER_SUBMIT_DIRECTORY=%s",
+            sum(not member.is_dir for member in by_name.values()),
+            len(findings),
+            entry_point,
+            HOSTING_CODE_DIR,
+        )
+
+
+def _check_smoke_options(options: Options) -> None:
+    """Refuse smoke test options that cannot work, before anything is read."""
+    if options.sample is None and (options.content_type or options.accept):
+        raise PackagingError("--content-type and --accept go with --sample; add one, or drop them")
+    if not options.smoke_test:
+        given = [name for name in ("sample", "smoke_python") if getattr(options, name)]
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            raise PackagingError(f"{option} goes with --smoke-test; add it, or drop {option}")
+        return
+    if not options.smoke_timeout > 0:
+        raise PackagingError(f"--smoke-timeout must be more than 0, not {options.smoke_timeout}")
+    if options.sample is not None and not os.path.isfile(options.sample):
+        raise PackagingError(f"--sample {options.sample} is not a file: give the request body")
+    python = options.smoke_python or sys.executable
+    if not python or shutil.which(python) is None:
+        raise PackagingError(
+            f"--smoke-python {python!r} is not a Python that can be run; give its path"
+        )
+
+
+def _screen(credentials: CredentialCheck) -> Inspector:
+    """What sees each small file's bytes as they are read: credentials, and model files
+    that are Git LFS pointers."""
+
+    def screen(member: Member, data: bytes) -> None:
+        credentials.content(member, data)
+        if len(data) < LFS_POINTER_MAX and not member.name.startswith(CODE_DIR + "/"):
+            found = _lfs_pointer(member.name, data)
+            if found is not None:
+                _warn(found.check, found.member, found.message)
+
+    return screen
+
+
 def _write_and_verify(
     members: List[Member],
     output_dir: Path,
-    level: int,
+    staging: Path,
+    options: Options,
     threads: int,
-    adaptive: bool,
-    inspect: Inspector,
+    screen: Inspector,
     digests: bool,
 ) -> Tuple[Path, str, int, Written]:
-    """Write the package next to its final name, verify it, then rename it into place.
+    """Write the package next to its final name, verify it, smoke-test it if asked, then
+    rename it into place.
 
     Returns its path, SHA-256 and size, and what was written (with each file's
     SHA-256 if digests).
     """
     final = output_dir / PACKAGE_NAME
     total = sum(member.size for member in members)
+    level, adaptive = options.compression_level, options.adaptive
     coding = "adaptive" if adaptive and level else "every chunk at the level"
     log.info("compress: level %d (%s), %d threads, verified while written", level, coding, threads)
     expected = Written(members, digests)  # filled by write_tar, checked by the read-back
@@ -4231,11 +5830,19 @@ def _write_and_verify(
             with _phase("compress") as phase, GzipWriter(
                 back, level, threads=threads, adaptive=adaptive, announce=back.piece
             ) as sink:
-                write_tar(members, sink, inspect, expected)
+                write_tar(members, sink, screen, expected)
                 phase.amount = _human(total)
             with _phase("verify") as phase:
                 digest = _check_decoded(temporary, back.finish)
                 phase.amount = f"{_human(temporary.stat().st_size)} read back"
+        if options.smoke_test:
+            written = _stamp(os.stat(temporary))
+            smoke_test(temporary, staging, options, options.entry_point or DEFAULT_ENTRY_POINT)
+            if _stamp(os.stat(temporary)) != written:
+                raise PackagingError(
+                    f"{temporary} changed during the smoke test; nothing was published"
+                )
+        _fail_if_strict(options.strict, "publishing; nothing was published")
         with _os_errors("publishing the package", final):
             os.chmod(temporary, 0o644)
             os.replace(temporary, final)
@@ -4243,31 +5850,18 @@ def _write_and_verify(
     return final, digest, final.stat().st_size, expected
 
 
-def _dry_run(
-    inputs: Inputs,
-    excludes: Excludes,
-    make_member: Normalized,
-    strip_components: int,
-    entry_point: Optional[str],
-    allow_secrets: bool,
-) -> None:
+def _dry_run(inputs: Inputs, excludes: Excludes, make_member: Normalized, options: Options) -> None:
     """--dry-run: every check of a real run up to writing, then what would ship and what not."""
-    members = _stage_inputs(inputs, None, excludes, make_member, strip_components)
-    _check_and_log_members(members, inputs, entry_point)
-    credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
+    members = _stage_inputs(inputs, None, excludes, make_member, options.strip_components)
+    _check_and_log_members(members, inputs, options.entry_point)
+    credentials = CredentialCheck(_scanned(inputs.archive is None), options.allow_secrets)
     credentials.names(members)
-    with _DirectoryChain() as directories:
+    screen = _screen(credentials)
+    with _MemberReader(inputs.planned_bytes) as reader:
+        _check_code(members, reader, options)
         for member in (m for m in members if credentials.reads(m)):
-            if not member.stamp:  # planned from the model archive, which kept its bytes
-                credentials.content(member, inputs.planned_bytes.get(member.path, b""))
-                continue
-            fd = directories.open_file(member.path, member.stamp)
-            try:
-                data, _ = _read_block(fd, member, 0)
-                _check_unchanged(fd, member.path, member.stamp)
-            finally:
-                os.close(fd)
-            credentials.content(member, data)
+            data = reader.read(member)
+            screen(member, b"" if data is None else data)
     sources = {
         CODE_DIR: ("script", inputs.script),
         CALIBRATION_DIR: ("calibration", inputs.calibration),
@@ -4287,6 +5881,7 @@ def _dry_run(
         "out; nothing was written",
         flush=True,
     )
+    _fail_if_strict(options.strict, "writing")
 
 
 def _check_strip_components(count: int, inputs: Inputs) -> None:
@@ -4310,6 +5905,44 @@ def _check_local(option: str, value: Union[str, Path, None]) -> None:
         )
 
 
+def _options(options: Optional[Options], values: Mapping[str, Any]) -> Options:
+    """options (the defaults if None) with the keyword values given; unknown keywords fail."""
+    unknown = sorted(set(values) - set(Options._fields))
+    if unknown:
+        raise TypeError(f"package() got unexpected keyword arguments: {', '.join(unknown)}")
+    options = (options or Options())._replace(**values)
+    if options.exclude_patterns is not None:
+        options = options._replace(exclude_patterns=tuple(options.exclude_patterns))
+    return options
+
+
+def _check_options(options: Options) -> None:
+    """Refuse option values no run can use, before anything is read."""
+    if not 0 <= options.compression_level <= 9:
+        raise PackagingError(f"compression level must be 0-9, not {options.compression_level}")
+    if options.threads is not None and options.threads < 1:
+        raise PackagingError(f"threads must be at least 1, not {options.threads}")
+    if options.entry_point is not None:
+        _check_entry_point(options.entry_point)
+    _check_serving_python(options.serving_python)
+    _check_smoke_options(options)
+
+
+@contextlib.contextmanager
+def _run_facts() -> Iterator[_Facts]:
+    """The run's facts: main()'s, or a run's own where package() is called directly."""
+    facts = _FACTS.get()
+    if facts is not None:
+        yield facts
+        return
+    facts = _Facts()
+    token = _FACTS.set(facts)
+    try:
+        yield facts
+    finally:
+        _FACTS.reset(token)
+
+
 @_stop_on_signals()
 def package(
     model_dir: Union[str, Path, None] = None,
@@ -4318,35 +5951,39 @@ def package(
     *,
     calibration_dir: Union[str, Path, None] = None,
     work_dir: Union[str, Path, None] = None,
-    compression_level: int = DEFAULT_COMPRESSION_LEVEL,
-    threads: Optional[int] = None,
-    source_date_epoch: Optional[int] = None,
-    exclude_patterns: Optional[Collection[str]] = None,
-    allow_secrets: bool = False,
-    keep_mtimes: bool = False,
-    adaptive: bool = True,
-    entry_point: Optional[str] = None,
-    strip_components: int = 0,
-    dry_run: bool = False,
     report_dir: Union[str, Path, None] = None,
+    options: Optional[Options] = None,
+    **option_values: Any,
 ) -> Optional[PackageResult]:
     """Build output_dir/model.tar.gz from the model, code and calibration; return its path.
 
     A path left out (None) is the contract's default. The default script and
     calibration dirs may be missing; any other path given must exist.
-    exclude_patterns are globs of paths left out (None: DEFAULT_EXCLUDES).
-    Credentials in the code, the calibration or a loose model fail the job
-    unless allow_secrets. Raises PackagingError, with a message that says
-    what to do, on any failure; nothing partial is left behind, and nothing
-    is created before the inputs pass their checks. entry_point is the .py
-    under code/ that SAGEMAKER_PROGRAM names (None: inference.py, whose
-    absence only warns); strip_components drops that many leading components
-    of each member name of a model archive. dry_run runs every input and
-    layout check and prints what would ship, creating nothing (no output,
-    work or staging dir), and returns None.
     report_dir gets package.json and package.intoto.json once the package is
-    published (None: DEFAULT_REPORT_PATH, only if it exists).
+    published (None: DEFAULT_REPORT_PATH, only if it exists). What shapes the
+    run is an Options, given whole (options=), field by field as keywords
+    (compression_level=9), or both (the keywords win). Raises PackagingError,
+    with a message that says what to do, on any failure; nothing partial is
+    left behind, and nothing is created before the inputs and the code pass
+    their checks. A dry run checks everything up to writing, prints what would
+    ship, creates nothing (no output, work or staging dir), and returns None.
     """
+    options = _options(options, option_values)
+    with _run_facts():
+        return _package(
+            model_dir, script_dir, output_dir, calibration_dir, work_dir, report_dir, options
+        )
+
+
+def _package(
+    model_dir: Union[str, Path, None],
+    script_dir: Union[str, Path, None],
+    output_dir: Union[str, Path, None],
+    calibration_dir: Union[str, Path, None],
+    work_dir: Union[str, Path, None],
+    report_dir: Union[str, Path, None],
+    options: Options,
+) -> Optional[PackageResult]:
     started = time.monotonic()
     log.info("mims_package %s on Python %s", __version__, sys.version.split()[0])
     given = {
@@ -4367,16 +6004,12 @@ def package(
         "paths: model_input %s, script_input %s, calibration_model %s, package_output %s",
         *(os.path.abspath(path) for path in (model, script, calibration, output)),
     )
-    if not 0 <= compression_level <= 9:
-        raise PackagingError(f"compression level must be 0-9, not {compression_level}")
-    threads = threads or available_cpus()
-    if threads < 1:
-        raise PackagingError(f"threads must be at least 1, not {threads}")
-    if entry_point is not None:
-        _check_entry_point(entry_point)
-    excludes = Excludes(DEFAULT_EXCLUDES if exclude_patterns is None else exclude_patterns)
+    _check_options(options)
+    threads = options.threads or available_cpus()
+    patterns = options.exclude_patterns
+    excludes = Excludes(DEFAULT_EXCLUDES if patterns is None else patterns)
     inputs = Inputs(model, script, calibration)
-    _check_strip_components(strip_components, inputs)
+    _check_strip_components(options.strip_components, inputs)
     _log_inputs(inputs)
     explicit_work = Path(work_dir) if work_dir is not None else None
     report = _report_target(report_dir, output)
@@ -4385,10 +6018,10 @@ def package(
     _check_outside_inputs("output", output, inputs.paths())
     if explicit_work is not None:
         _check_outside_inputs("work", explicit_work, inputs.paths())
-    normalized = Normalized(source_date_epoch, keep_mtimes)
-    _record(threads=threads, level=compression_level, adaptive=adaptive)
-    if dry_run:
-        _dry_run(inputs, excludes, normalized, strip_components, entry_point, allow_secrets)
+    normalized = Normalized(options.source_date_epoch, options.keep_mtimes)
+    _record(threads=threads, level=options.compression_level, adaptive=options.adaptive)
+    if options.dry_run:
+        _dry_run(inputs, excludes, normalized, options)
         return None
     with _output_dir(output):
         work = _work_dir(explicit_work, output, inputs.paths())
@@ -4401,17 +6034,20 @@ def package(
             _free_space(output),
         )
         with _staging_dir(work) as staging:
-            members = _stage_inputs(inputs, staging, excludes, normalized, strip_components)
-            _check_and_log_members(members, inputs, entry_point)
-            credentials = CredentialCheck(_scanned(inputs.archive is None), allow_secrets)
+            members = _stage_inputs(inputs, staging, excludes, normalized, options.strip_components)
+            _check_and_log_members(members, inputs, options.entry_point)
+            credentials = CredentialCheck(_scanned(inputs.archive is None), options.allow_secrets)
             credentials.names(members)
+            with _MemberReader({}) as reader:
+                _check_code(members, reader, options)
+            _fail_if_strict(options.strict, "writing")
             final, digest, size, written = _write_and_verify(
                 members,
                 output,
-                compression_level,
+                staging,
+                options,
                 threads,
-                adaptive,
-                credentials.content,
+                _screen(credentials),
                 digests=report is not None,
             )
     seconds = time.monotonic() - started
@@ -4438,17 +6074,8 @@ def package(
     _record(sha256=digest, package_bytes=size, input_bytes=bytes_in, ratio=ratio)
     result = PackageResult.of(final, digest, size, _files_by_part(members))
     if report is not None:
-        shaping = {
-            "compression_level": compression_level,
-            "adaptive": adaptive,
-            "excludes": list(excludes.patterns),
-            "keep_mtimes": keep_mtimes,
-            "source_date_epoch": source_date_epoch,
-            "strip_components": strip_components,
-            "entry_point": entry_point or DEFAULT_ENTRY_POINT,
-        }
         try:
-            write_report(report, result, written, inputs, shaping)
+            write_report(report, result, written, inputs, options)
         except PackagingError as exc:
             raise PackagingError(
                 f"{exc}. The package {final} is published and verified, but has no report: "
@@ -4524,10 +6151,17 @@ def _paths_by_name(
     return found
 
 
-def _exclude_patterns(job_args: Optional[argparse.Namespace]) -> List[str]:
-    """The exclude patterns job_args ask for: the defaults (unless turned off) and --exclude."""
+def _options_of(job_args: Optional[argparse.Namespace], environ: Mapping[str, str]) -> Options:
+    """The Options that main()'s job_args and environ_vars ask for (see main())."""
+    given = {name: getattr(job_args, name, None) for name in Options._fields}
+    values = {name: value for name, value in given.items() if value is not None}
     defaults = [] if getattr(job_args, "no_default_excludes", False) else list(DEFAULT_EXCLUDES)
-    return defaults + list(getattr(job_args, "exclude", None) or [])
+    values["exclude_patterns"] = (*defaults, *(getattr(job_args, "exclude", None) or ()))
+    values["adaptive"] = not getattr(job_args, "no_adaptive", False)
+    values["source_date_epoch"] = _source_date_epoch(environ)
+    if values.get("entry_point") is None and environ.get("SAGEMAKER_PROGRAM"):
+        values["entry_point"] = environ["SAGEMAKER_PROGRAM"]
+    return Options(**values)
 
 
 def _show_logs_by_default() -> None:
@@ -4605,17 +6239,8 @@ def _package_for(
         outputs["package_output"],
         calibration_dir=inputs["calibration_model"],
         work_dir=work_dir,
-        compression_level=getattr(job_args, "compression_level", DEFAULT_COMPRESSION_LEVEL),
-        threads=getattr(job_args, "threads", None),
-        source_date_epoch=_source_date_epoch(environ_vars),
-        exclude_patterns=_exclude_patterns(job_args),
-        allow_secrets=getattr(job_args, "allow_secrets", False),
-        keep_mtimes=getattr(job_args, "keep_mtimes", False),
-        adaptive=not getattr(job_args, "no_adaptive", False),
-        entry_point=getattr(job_args, "entry_point", None),
-        strip_components=getattr(job_args, "strip_components", 0),
-        dry_run=getattr(job_args, "dry_run", False),
         report_dir=outputs["package_report"],
+        options=_options_of(job_args, environ_vars),
     )
 
 
@@ -4709,6 +6334,17 @@ def build_parser() -> argparse.ArgumentParser:
         "leading ./), as GNU tar's option: 1 turns model/x into x",
     )
     parser.add_argument(
+        "--serving-python",
+        metavar="X.Y",
+        help="the serving image's Python: the code is also parsed with its grammar, and "
+        "standard modules it lacks are flagged",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="every warning fails the run (nothing is published); with --verify, exit 1",
+    )
+    parser.add_argument(
         "--exclude",
         action="append",
         metavar="PATTERN",
@@ -4746,6 +6382,42 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run every input and layout check (a model archive is read in full) and print "
         "what would ship and what is left out; create nothing; exit as the real run would",
+    )
+    smoke = parser.add_argument_group(
+        "smoke test: run the package as the serving toolkit would (also with --verify)"
+    )
+    smoke.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="before publishing, extract the package, pip install code/requirements.txt into "
+        "a throwaway environment, import the entry point and call model_fn; a failure "
+        "publishes nothing",
+    )
+    smoke.add_argument(
+        "--sample",
+        metavar="FILE",
+        help="also send this request body through input_fn, predict_fn and output_fn (or "
+        "transform_fn)",
+    )
+    smoke.add_argument(
+        "--content-type",
+        metavar="TYPE",
+        help="the sample's content type; default: by its extension (.json, .csv, .npy), "
+        "else application/octet-stream",
+    )
+    smoke.add_argument("--accept", metavar="TYPE", help="the request's Accept type")
+    smoke.add_argument(
+        "--smoke-python",
+        metavar="PATH",
+        help="the Python to run it with (a venv with the framework, or the serving image's); "
+        "default: this one",
+    )
+    smoke.add_argument(
+        "--smoke-timeout",
+        type=float,
+        default=DEFAULT_SMOKE_TIMEOUT,
+        metavar="SECONDS",
+        help="for the install and the child together; the child and all it started are then ended",
     )
     checking = parser.add_argument_group("checking a package (writes nothing)")
     checking.add_argument(
@@ -4810,17 +6482,29 @@ def _verify_command(args: argparse.Namespace) -> int:
         report = None
         if args.expect_report is not None:
             report = _read_report(Path(args.expect_report))
+        options = _options_of(args, _optional_environ())
         with _stop_on_signals():
-            result = check_package(args.verify, args.expect_sha256, args.entry_point, report)
+            result = check_package(
+                args.verify,
+                args.expect_sha256,
+                None,
+                report,
+                options=options,
+                work_dir=args.work_dir,
+            )
     except OSError as exc:
         log.error("cannot read %s: %s", exc.filename or args.verify, exc.strerror or exc)
         return 2
     except PackagingError as exc:
         log.error("%s", exc)
         return 2
+    warnings = [finding.as_warning() for finding in result.findings if finding.level == "WARN"]
     if args.json:
         report = {**result._asdict(), "status": result.status}
         report["findings"] = [finding._asdict() for finding in result.findings]
+        report["warnings"], report["warning_count"] = warnings, len(warnings)
+        smoke = result.smoke_test
+        report["smoke_test"] = smoke.summary() if smoke is not None else _smoke_status(result)
         print(json.dumps(report, indent=2), flush=True)
     else:
         for finding in result.findings:
@@ -4837,7 +6521,18 @@ def _verify_command(args: argparse.Namespace) -> int:
             ),
             flush=True,
         )
-    return 1 if result.status == "fail" else 0
+    return 1 if result.status == "fail" or (args.strict and warnings) else 0
+
+
+def _smoke_status(result: PackageCheck) -> Dict[str, str]:
+    """--verify --json's smoke_test object where no smoke test passed: failed, or skipped."""
+    failed = any(f.check == "smoke test" and f.level == "FAIL" for f in result.findings)
+    return {"status": "fail" if failed else "skipped"}
+
+
+def _optional_environ() -> Dict[str, str]:
+    """The optional environment variables the contract names, as this process has them."""
+    return {name: os.environ[name] for name in OPTIONAL_ENV_VARS if name in os.environ}
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
@@ -4854,7 +6549,7 @@ def cli(argv: Optional[List[str]] = None) -> int:
     if args.expect_sha256 is not None or args.expect_report is not None or args.json:
         build_parser().error("--expect-sha256, --expect-report and --json go with --verify")
     logging.basicConfig(stream=sys.stdout, level=args.log_level, format=LOG_FORMAT)
-    environ = {name: os.environ[name] for name in OPTIONAL_ENV_VARS if name in os.environ}
+    environ = _optional_environ()
     try:
         with _stop_on_signals():
             main(

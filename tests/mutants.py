@@ -409,7 +409,7 @@ MUTANTS = [
     ),
     Mutant(
         "ship: credential contents not checked",
-        [("            inspect(member, block)\n", "            pass\n")],
+        [("            screen(member, block)\n", "            pass\n")],
         ["tests/test_shipping.py"],
     ),
     Mutant(
@@ -789,8 +789,8 @@ MUTANTS = [
         "verify: code not read for credentials",
         [
             (
-                "        kept: Optional[List[bytes]] = [] if scanned and",
-                "        kept: Optional[List[bytes]] = None if scanned and",
+                "        if scanned:\n            self._credentials(name, content)\n",
+                "        if scanned:\n            self._credentials(name, None)\n",
             )
         ],
         VERIFY,
@@ -864,8 +864,8 @@ MUTANTS = [
         "report: the subject names another digest",
         [
             (
-                '"subject": [{"name": PACKAGE_NAME, "digest": {"sha256": result.sha256}}]',
-                '"subject": [{"name": PACKAGE_NAME, "digest": '
+                'subject = [{"name": PACKAGE_NAME, "digest": {"sha256": result.sha256}}]',
+                'subject = [{"name": PACKAGE_NAME, "digest": '
                 '{"sha256": hashlib.sha256().hexdigest()}}]',
             )
         ],

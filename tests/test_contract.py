@@ -43,11 +43,11 @@ def test_contract_constants_and_cli_defaults_agree() -> None:
     assert contract["required_env_vars"] == []
 
 
-def test_optional_env_vars_in_the_contract_are_the_ones_the_code_reads() -> None:
-    """Every name the script looks up in an environment mapping, and no other, is declared."""
-    read = {
+def environ_reads(tree: ast.AST) -> set[str]:
+    """The names looked up with .get in an environment mapping, anywhere in tree."""
+    return {
         node.args[0].value
-        for node in ast.walk(ast.parse(SCRIPT.read_text()))
+        for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and node.func.attr == "get"
@@ -55,8 +55,27 @@ def test_optional_env_vars_in_the_contract_are_the_ones_the_code_reads() -> None
         and node.args
         and isinstance(node.args[0], ast.Constant)
     }
+
+
+def test_optional_env_vars_in_the_contract_are_the_ones_the_code_reads() -> None:
+    """Every name the script looks up in an environment mapping, and no other, is declared;
+    but those that the smoke test reads for the code it runs, as the serving toolkit does."""
+    tree = ast.parse(SCRIPT.read_text())
+    smoke = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+        and node.name in ("_smoke_child", "_SmokeRun")
+    ]
+    for node in smoke:
+        tree.body.remove(node)  # type: ignore[attr-defined]
+    read = environ_reads(tree)
     assert read == set(mims_package.CONTRACT["optional_env_vars"])
-    assert read == {"SOURCE_DATE_EPOCH", "WORKING_DIRECTORY"}
+    assert read == {"SOURCE_DATE_EPOCH", "WORKING_DIRECTORY", "SAGEMAKER_PROGRAM"}
+    assert set().union(*map(environ_reads, smoke)) == {
+        "PYTHONPATH",  # extended with code/, as the toolkit extends it
+        "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT",  # the toolkit's default Accept
+    }
 
 
 def test_print_contract_prints_the_contract_as_json() -> None:

@@ -32,6 +32,9 @@ KEYS = {
     "level",
     "adaptive",
     "free_bytes",
+    "warnings",
+    "warning_count",
+    "smoke_test",
 }
 
 
@@ -59,6 +62,11 @@ def test_a_run_ends_with_its_summary(job: Job) -> None:
     assert summary["excluded"] == 1
     assert summary["threads"] == mims_package.available_cpus()
     assert summary["level"] == 6 and summary["adaptive"] is True
+    (warning,) = summary["warnings"]  # the empty inference.py has no model_fn
+    assert warning["check"] == "handlers" and warning["path"] == "code/inference.py"
+    assert warning["message"].startswith("code/inference.py defines no model_fn")
+    assert summary["warning_count"] == 1
+    assert summary["smoke_test"] == {"status": "skipped"}
     assert set(summary["seconds"]) == {"extract", "stage", "compress", "verify", "total"}
     assert set(summary["cpu_seconds"]) == set(summary["seconds"])
     for volume in ("work", "output"):

@@ -56,8 +56,9 @@ def test_an_archive_under_another_name_is_packaged_as_a_file_with_a_warning(
     write_tree(job.model, {name: archive.read_bytes(), "weights.bin": b"w"})
     result = job.cli()
     assert result.returncode == 0, result.stdout
-    warnings = [line for line in result.stdout.splitlines() if "like an archive" in line]
-    assert len(warnings) == 1 and " WARNING " in warnings[0]
+    lines = result.stdout.splitlines()
+    warnings = [line for line in lines if "like an archive" in line and " WARNING " in line]
+    assert len(warnings) == 1
     assert f"holds {name}, which looks like an archive" in warnings[0]
     assert "packaged as a file, not extracted" in warnings[0]
     assert set(files_of(job.package)) == {name, "weights.bin"}

@@ -262,6 +262,7 @@ def test_verify_gives_the_same_findings_on_every_interpreter(version: str) -> No
         ("PASS", "safety"),
         ("PASS", "credentials"),
         ("PASS", "layout"),
+        ("PASS", "model files"),
     ]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    CODE,
     Job,
     archive_tree,
     assert_refused,
@@ -258,7 +259,7 @@ def test_one_top_folder_in_an_archive_warns_and_strip_components_fixes_it(
     archive.parent.mkdir(parents=True)
     prefix = ["-C", str(trained), "./model" if dot_slash else "model"]
     subprocess.run(["tar", "-czf", str(archive), *prefix], check=True)
-    write_tree(job.script, {"inference.py": ""})
+    write_tree(job.script, {"inference.py": CODE["inference.py"]})
     result = job.cli()
     assert result.returncode == 0, result.stdout
     (warning,) = warnings_in(result.stdout)
@@ -271,7 +272,7 @@ def test_one_top_folder_in_an_archive_warns_and_strip_components_fixes_it(
 
 def test_one_top_folder_in_a_loose_model_names_the_folder_to_pass(job: Job) -> None:
     write_tree(job.model, {"model/weights.bin": b"w"})
-    write_tree(job.script, {"inference.py": ""})
+    write_tree(job.script, {"inference.py": CODE["inference.py"]})
     result = job.cli()
     (warning,) = warnings_in(result.stdout)
     assert f"pass --model-dir {job.model / 'model'}" in warning
@@ -287,9 +288,13 @@ def test_strip_components_strips_hard_link_targets_too(job: Job) -> None:
             tar_member("run/b.bin", type=tarfile.LNKTYPE, linkname="run/a.bin"),
         ],
     )
-    write_tree(job.script, {"inference.py": ""})
+    write_tree(job.script, {"inference.py": CODE["inference.py"]})
     job.main(strip_components=1)
-    assert files_of(job.package) == {"a.bin": b"a", "b.bin": b"a", "code/inference.py": b""}
+    assert files_of(job.package) == {
+        "a.bin": b"a",
+        "b.bin": b"a",
+        "code/inference.py": CODE["inference.py"].encode(),
+    }
 
 
 def test_code_without_the_entry_point_warns_naming_the_py_files_at_its_top(job: Job) -> None:
@@ -306,14 +311,31 @@ def test_an_explicit_entry_point_must_be_there(job: Job) -> None:
     write_tree(job.model, {"weights.bin": b"w"})
     write_tree(job.script, {"serve/handler.py": ""})
     assert_refused(job.cli("--entry-point", "handler.py"), job, "code/ has no handler.py")
-    result = job.cli("--entry-point", "serve/handler.py")
+    write_tree(job.script, {"handler.py": "def model_fn(d): pass\n"})
+    result = job.cli("--entry-point", "handler.py")
     assert result.returncode == 0 and warnings_in(result.stdout) == [], result.stdout
+    assert "SAGEMAKER_PROGRAM=handler.py and SAGEMAKER_SUBMIT_DIRECTORY=/opt/ml/model/code" in (
+        result.stdout
+    )
 
 
 @pytest.mark.parametrize("name", ["../inference.py", "/abs/inference.py", "inference.txt", ""])
 def test_an_entry_point_outside_code_or_not_python_is_refused(job: Job, name: str) -> None:
     write_tree(job.model, {"weights.bin": b"w"})
-    assert_refused(job.cli("--entry-point", name), job, "is not a relative .py path inside code/")
+    assert_refused(job.cli("--entry-point", name), job, "is not a .py file at code/'s top")
+
+
+def test_a_nested_entry_point_is_refused_with_a_module_that_imports_it(job: Job) -> None:
+    """Neither toolkit imports SAGEMAKER_PROGRAM=serve/handler.py: the module name would be
+    'serve/handler'. The fix is a top-level module that imports it."""
+    write_tree(job.model, {"weights.bin": b"w"})
+    write_tree(job.script, {"serve/handler.py": "def model_fn(d): pass\n"})
+    assert_refused(
+        job.cli("--entry-point", "serve/handler.py"),
+        job,
+        "neither serving toolkit imports SAGEMAKER_PROGRAM=serve/handler.py",
+        "code/inference.py holding 'from serve.handler import *'",
+    )
 
 
 def test_swapped_loose_inputs_are_refused(job: Job) -> None:
@@ -356,7 +378,7 @@ def test_a_model_of_archives_alone_is_refused(
 
 def test_a_run_ends_with_one_line_that_says_the_package_was_verified(job: Job) -> None:
     write_tree(job.model, {"weights.bin": b"w"})
-    write_tree(job.script, {"inference.py": ""})
+    write_tree(job.script, {"inference.py": CODE["inference.py"]})
     result = job.cli()
     last = result.stdout.splitlines()[-2]  # then only the JSON summary
     digest = hashlib.sha256(job.package.read_bytes()).hexdigest()

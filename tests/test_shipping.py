@@ -206,7 +206,7 @@ def test_allow_secrets_warns_and_ships(job: Job) -> None:
 )
 def test_what_is_not_a_credential_passes(job: Job, content: str) -> None:
     write_tree(job.model, MODEL)
-    write_tree(job.script, {"inference.py": "", "config.py": content, ".env.example": "DEBUG=1\n"})
+    write_tree(job.script, {**CODE, "config.txt": content, ".env.example": "DEBUG=1\n"})
     result = job.cli()
     assert result.returncode == 0, result.stdout
     assert "credentials must not ship" not in result.stdout and "WARNING" not in result.stdout

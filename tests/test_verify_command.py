@@ -79,6 +79,11 @@ def test_packages_from_every_tool_pass(tmp_path: Path, tool: str) -> None:
         "PASS safety",
         "PASS credentials",
         "PASS layout",
+        "PASS syntax",
+        "PASS handlers",
+        "PASS imports",
+        "PASS requirements",
+        "PASS model files",
     }
     assert lines[-1].startswith("summary: PASS ") and "0 FAIL, 0 WARN" in lines[-1]
 
@@ -182,7 +187,18 @@ def test_json_is_one_object_on_standard_output(tmp_path: Path) -> None:
     result = run_cli("--verify", package, "--json")
     assert result.returncode == 1
     report = json.loads(result.stdout)
-    assert set(report) == {"package", "sha256", "status", "members", "bytes", "findings"}
+    assert set(report) == {
+        "package",
+        "sha256",
+        "status",
+        "members",
+        "bytes",
+        "findings",
+        "warnings",
+        "warning_count",
+        "smoke_test",
+    }
+    assert report["smoke_test"] == {"status": "skipped"}
     assert report["status"] == "fail" and report["members"] == 3
     assert report["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
     safety = [f for f in report["findings"] if f["check"] == "safety"]
