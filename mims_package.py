@@ -78,11 +78,13 @@ import array
 import ast
 import bisect
 import bz2
+import concurrent.futures
 import contextlib
 import contextvars
 import errno
 import fnmatch
 import functools
+import gc
 import hashlib
 import importlib.util
 import inspect
@@ -90,6 +92,7 @@ import json
 import logging
 import lzma
 import math
+import multiprocessing
 import operator
 import os
 import posixpath
@@ -108,7 +111,8 @@ import time
 import unicodedata
 import zlib
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path, PosixPath
 from types import FrameType
 from typing import (
@@ -2533,13 +2537,17 @@ class _Planner(_Extractor):
         pass
 
     def _extract_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
-        """Keep the bytes a credential screen reads (small code and calibration files);
-        the reader reads the rest past, and checks it."""
+        """Keep the bytes a credential screen and the code check read (small code and
+        calibration files); screen a small model file for a Git LFS pointer; the reader
+        reads the rest past, and checks it."""
         name = path[len(self._dest) + 1 :]
-        if name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/")) and (
-            member.size <= SECRET_SCAN_LIMIT
-        ):
-            self.kept[name] = b"".join(reader.data())
+        if name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/")):
+            if member.size <= SECRET_SCAN_LIMIT:
+                self.kept[name] = b"".join(reader.data())
+        elif member.size < LFS_POINTER_MAX:
+            found = _lfs_pointer(name, b"".join(reader.data()))
+            if found is not None:
+                _warn(found.check, found.member, found.message)
         self.size += member.size
 
     def _finish_on_disk(self) -> None:
@@ -3385,6 +3393,109 @@ def _takes_positionally(
     return all(default is not None for default in arguments.kw_defaults)
 
 
+def _parse_module(
+    name: str, source: bytes, serving: Optional[Tuple[int, int]], bindings: bool
+) -> Tuple[Optional[_Module], str]:
+    """One code/ file parsed and scanned, or None and why it does not parse. Its top-level
+    bindings are kept only if asked for (their nodes keep the whole tree alive)."""
+    tree, problem = _syntax_tree(source, f"{CODE_DIR}/{name}", serving)
+    if tree is None:
+        return None, problem
+    package = name[: -len("/__init__.py")] if name.endswith("/__init__.py") else name
+    package = package.rpartition("/")[0] if package == name else package
+    scanner = _ModuleScanner(package.replace("/", "."))
+    scanner.scan(tree.body, False, True)
+    module = scanner.module
+    return (module if bindings else module._replace(bindings={})), ""
+
+
+def _syntax_tree(
+    source: bytes, shown: str, serving: Optional[Tuple[int, int]]
+) -> Tuple[Optional[ast.Module], str]:
+    """The module's tree, or None and what is wrong, with the Python that said so."""
+    here = (sys.version_info[0], sys.version_info[1])
+    if serving is not None and serving < here and here >= (3, 8):
+        try:
+            return ast.parse(source, shown, feature_version=serving), ""
+        except (SyntaxError, ValueError, RecursionError) as exc:
+            tree, problem = _syntax_tree(source, shown, None)
+            if tree is None:
+                return None, problem
+            return None, (
+                f"{_where(exc)}uses syntax that Python {_version(serving)} lacks "
+                f"({_reason(exc)}; --serving-python {_version(serving)})"
+            )
+    try:
+        return ast.parse(source, shown), ""
+    except (SyntaxError, ValueError, RecursionError) as exc:
+        return (
+            None,
+            f"{_where(exc)}does not parse: {_reason(exc)} (Python {_version(here)} parsed it)",
+        )
+
+
+def _parse_some(
+    sources: List[Tuple[str, bytes]], serving: Optional[Tuple[int, int]], entry_point: str
+) -> List[Tuple[str, Optional[_Module], str]]:
+    """Parse and scan each of sources (in a worker process, or here), keeping the entry
+    point's bindings."""
+    with _collector_paused():
+        return [
+            (name, *_parse_module(name, data, serving, name == entry_point))
+            for name, data in sources
+        ]
+
+
+PARALLEL_PARSE_BYTES = 2 << 20  # less source than this is parsed here: a pool costs more
+
+
+def _parse_modules(
+    sources: List[Tuple[str, bytes]], serving: Optional[Tuple[int, int]], entry_point: str
+) -> Dict[str, Tuple[Optional[_Module], str]]:
+    """Every code/ source parsed and scanned: {name: (module or None, why it does not parse)}.
+
+    ast holds the GIL, so a large code/ (a vendored library) is parsed in forked
+    worker processes, one a CPU, in chunks of about equal size; anywhere a pool
+    cannot start, here. The results do not depend on where they were parsed.
+    """
+    parsed: List[Tuple[str, Optional[_Module], str]] = []
+    workers = available_cpus()
+    if workers > 1 and sum(len(data) for _, data in sources) >= PARALLEL_PARSE_BYTES:
+        with contextlib.suppress(OSError, ValueError, BrokenProcessPool):
+            parsed = _parse_in_workers(sources, serving, entry_point, workers)
+    if not parsed:
+        parsed = _parse_some(sources, serving, entry_point)
+    return {name: (module, problem) for name, module, problem in parsed}
+
+
+def _parse_in_workers(
+    sources: List[Tuple[str, bytes]],
+    serving: Optional[Tuple[int, int]],
+    entry_point: str,
+    workers: int,
+) -> List[Tuple[str, Optional[_Module], str]]:
+    chunks: List[List[Tuple[str, bytes]]] = [[] for _ in range(4 * workers)]
+    sizes = [0] * len(chunks)
+    for item in sorted(sources, key=lambda item: -len(item[1])):  # the largest first
+        smallest = sizes.index(min(sizes))
+        chunks[smallest].append(item)
+        sizes[smallest] += len(item[1])
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_parse_some, chunk, serving, entry_point) for chunk in chunks if chunk
+        ]
+        try:
+            while not all(future.done() for future in futures):
+                _check_stop()
+                concurrent.futures.wait(futures, timeout=STOP_CHECK_INTERVAL)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return [item for future in futures for item in future.result()]
+
+
 class CodeCheck:
     """The code check of one package's code/ (see the section's opening comment).
 
@@ -3446,8 +3557,14 @@ class CodeCheck:
                 f"one has is reported, not refused; run the check on Python "
                 f"{_version(self.serving)} or later to be sure",
             )
-        reachable = self._parse_reachable()
-        self._parse_the_rest(reachable)
+        sources = [(name, self._read_bounded(name)) for name in self.tree.sources]
+        readable = [(name, source) for name, source in sources if source is not None]
+        parsed = _parse_modules(readable, self.serving, self.entry_point)
+        self.modules = {name: module for name, (module, _) in parsed.items() if module}
+        reachable = self._reachable()
+        for name, (module, problem) in sorted(parsed.items()):
+            if module is None:
+                self._syntax_error(name, problem, name in reachable)
         entry = self.modules.get(self.entry_point)
         if entry is not None:
             self._check_handlers(entry)
@@ -3455,63 +3572,26 @@ class CodeCheck:
         self._check_imports(reachable)
         return self.findings
 
-    def _parse(self, name: str, reachable: bool) -> Optional[_Module]:
-        """Parse one code/ file; a syntax error is a finding (FAIL where it is imported)."""
-        source = self._read_bounded(name)
-        if source is None:
-            return None
-        tree, problem = self._syntax_tree(source, f"{CODE_DIR}/{name}")
-        if tree is None:
-            level = "FAIL" if reachable and not self._serving_is_newer() else "WARN"
-            fix = (
-                "the endpoint fails to import it: fix it"
-                if reachable
-                else "nothing imports it from the entry point, so it cannot break the endpoint"
-            )
-            self._add(level, "syntax", name, f"{CODE_DIR}/{name} {problem}; {fix}")
-            return None
-        package = name[: -len("/__init__.py")] if name.endswith("/__init__.py") else name
-        package = package.rpartition("/")[0] if package == name else package
-        scanner = _ModuleScanner(package.replace("/", "."))
-        scanner.scan(tree.body, False, True)
-        self.modules[name] = scanner.module
-        return scanner.module
+    def _syntax_error(self, name: str, problem: str, reachable: bool) -> None:
+        """A file that does not parse: FAIL where the entry point imports it, else WARN."""
+        level = "FAIL" if reachable and not self._serving_is_newer() else "WARN"
+        fix = (
+            "the endpoint fails to import it: fix it"
+            if reachable
+            else "nothing imports it from the entry point, so it cannot break the endpoint"
+        )
+        self._add(level, "syntax", name, f"{CODE_DIR}/{name} {problem}; {fix}")
 
     def _serving_is_newer(self) -> bool:
         return self.serving is not None and self.serving > self.here
 
-    def _syntax_tree(self, source: bytes, shown: str) -> Tuple[Optional[ast.Module], str]:
-        """The module's tree, or None and what is wrong, with the Python that said so."""
-        serving = self.serving
-        if serving is not None and serving < self.here and self.here >= (3, 8):
-            try:
-                return ast.parse(source, shown, feature_version=serving), ""
-            except (SyntaxError, ValueError, RecursionError) as exc:
-                tree, problem = self._syntax_tree_here(source, shown)
-                if tree is None:
-                    return None, problem
-                return None, (
-                    f"{_where(exc)}uses syntax that Python {_version(serving)} lacks "
-                    f"({_reason(exc)}; --serving-python {_version(serving)})"
-                )
-        return self._syntax_tree_here(source, shown)
-
-    def _syntax_tree_here(self, source: bytes, shown: str) -> Tuple[Optional[ast.Module], str]:
-        try:
-            return ast.parse(source, shown), ""
-        except (SyntaxError, ValueError, RecursionError) as exc:
-            return None, (
-                f"{_where(exc)}does not parse: {_reason(exc)} (Python {_version(self.here)} "
-                "parsed it)"
-            )
-
-    def _parse_reachable(self) -> Set[str]:
-        """Parse the entry point and every local module it imports, through other local
-        modules too; their files under code/."""
+    def _reachable(self) -> Set[str]:
+        """The entry point and every local module it imports, through other local modules
+        too (a file that does not parse counts, and imports nothing): their files."""
         reachable = {self.entry_point}
         pending = [self.entry_point]
         while pending:
-            module = self._parse(pending.pop(), reachable=True)
+            module = self.modules.get(pending.pop())
             if module is None:
                 continue
             if module.dynamic:  # any module may be imported: every one counts as served
@@ -3521,11 +3601,6 @@ class CodeCheck:
             reachable |= new
             pending.extend(sorted(new))
         return reachable
-
-    def _parse_the_rest(self, reachable: Set[str]) -> None:
-        for name in self.tree.sources:
-            if name not in reachable:
-                self._parse(name, reachable=False)
 
     def _local_files(self, wanted: _Import) -> List[str]:
         """The code/ files an import runs: each package on the way, the module, and the
@@ -3671,6 +3746,19 @@ class CodeCheck:
                 f"model dir, which the package does not hold (at its root: "
                 f"{', '.join(held) or 'nothing'}): fix the name, or add the file to the model",
             )
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off in the block: parsing makes millions of objects,
+    none in a cycle, and each collection they set off would walk all that are alive."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _where(exc: BaseException) -> str:
@@ -4527,6 +4615,7 @@ def _smoke_child() -> None:
     what Python 3.6 has, so that an old serving image's Python can run it;
     its annotations are strings, which the child never evaluates.
     """
+    import hashlib
     import importlib
     import importlib.util
     import inspect
@@ -4620,8 +4709,7 @@ def _smoke_child() -> None:
                 if not isinstance(response, (bytes, bytearray)):
                     kind = type(response).__name__
                     raise TypeError(f"the response is a {kind}, not bytes or str")
-                with open(result_path + ".response", "wb") as response_file:
-                    response_file.write(response)
+                result["response_sha256"] = hashlib.sha256(response).hexdigest()
                 result["response_bytes"] = len(response)
                 result["content_type"] = response_type
         result["stage"] = "done"
@@ -4644,6 +4732,7 @@ class SmokeResult(NamedTuple):
     seconds: float
     response_bytes: Optional[int] = None
     content_type: Optional[str] = None
+    response_sha256: Optional[str] = None
     model_fn_seconds: Optional[float] = None
     model_type: Optional[str] = None
     request_seconds: Optional[float] = None
@@ -4801,6 +4890,7 @@ class _SmokeRun:
             round(seconds, 3),
             result.get("response_bytes"),
             result.get("content_type"),
+            result.get("response_sha256"),
             result.get("model_fn_seconds"),
             result.get("model_type"),
             result.get("request_seconds"),
@@ -5842,7 +5932,7 @@ def _write_and_verify(
                 raise PackagingError(
                     f"{temporary} changed during the smoke test; nothing was published"
                 )
-        _fail_if_strict(options.strict, "publishing; nothing was published")
+        _fail_if_strict(options.strict, "publishing")
         with _os_errors("publishing the package", final):
             os.chmod(temporary, 0o644)
             os.replace(temporary, final)
