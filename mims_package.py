@@ -31,6 +31,9 @@ What it promises:
 * The package goes to a temporary file that is fsync'd, read back and checked
   member by member, and only then renamed into place. A failure or a stop
   leaves no partial package, no staging directory, and an older package intact.
+* The code is read as the serving toolkit will run it (never run here): code
+  that cannot import or be called fails the job before anything is written;
+  --smoke-test runs it on the written package before it is published.
 * A failure ends in one ERROR line (control characters escaped), also written
   to /opt/ml/output/message inside a processing job, which SageMaker shows as
   the job's ExitMessage.
@@ -41,9 +44,10 @@ library only; Python 3.7 or later.
 
 The file reads in pipeline order, one section each:
 
-* Contract and constants: default paths, excludes, the bounds, the CONTRACT.
+* Contract and constants: default paths, excludes, the bounds, the CONTRACT, Options.
 * Errors, stops and logging: PackagingError, signals, escaping, disk-error messages,
-  the base classes, the run's facts (for the summary line), phases and progress.
+  the base classes, findings and warnings (--strict), the run's facts (for the summary
+  line), phases and progress.
 * Finding the inputs: tree walks, excludes, the snapshot rule (stamps, directory
   descriptors), symlink resolution, the checked inputs.
 * The tar format: headers packed by hand, and the strict reader of tar streams.
@@ -53,14 +57,19 @@ The file reads in pipeline order, one section each:
   and directories only; the copy budget for links; the planner that --dry-run uses.
 * What goes into the package: the records verification compares; no credentials; the
   layout checks (one top folder, the entry point, swapped inputs, archives alone).
+* Will it serve: the code check: code/ parsed with ast (never run) as the serving
+  toolkit will use it: syntax, handlers, imports, requirements.txt, model files.
 * The gzip writer: parallel deterministic deflate (the pigz scheme).
 * Writing the tar stream: headers, contents and hashes, into the gzip writer.
 * Verification: the package read back from disk as it is written, pieces inflated in
   parallel, every member compared with what was written.
+* Will it serve: the smoke test (--smoke-test): the written package extracted, its
+  requirements installed and its code run in a child process, before publishing.
 * Checking any package: --verify (and --expect-report), with the same reader, writing
   nothing.
-* What a run leaves: PackageResult, and the report (package.json, an in-toto statement).
-* The job: work and output dirs, staging, --dry-run, package().
+* What a run leaves: PackageResult, and the report (package.json, in-toto statements).
+* The job: work and output dirs, staging, the code check and the screen in a run,
+  --dry-run, package().
 * Entry points: main() for pipelines (it prints the summary line), cli() for the
   command line.
 """
@@ -5828,13 +5837,17 @@ def _check_code(members: List[Member], reader: _MemberReader, options: Options) 
     """The code check, before anything is written: a FAIL ends the run, a WARN is a warning."""
     files = {member.name: member.size for member in members if not member.is_dir}
     by_name = {member.name: member for member in members if member.name.startswith("code/")}
-    findings = check_code(
-        files,
-        [member.name for member in members if member.is_dir],
-        lambda name: reader.read(by_name[name]),
-        options.entry_point or DEFAULT_ENTRY_POINT,
-        _check_serving_python(options.serving_python),
-    )
+    entry_point = options.entry_point or DEFAULT_ENTRY_POINT
+    with _phase("code check") as phase:
+        findings = check_code(
+            files,
+            [member.name for member in members if member.is_dir],
+            lambda name: reader.read(by_name[name]),
+            entry_point,
+            _check_serving_python(options.serving_python),
+        )
+        code_files = sum(not member.is_dir for member in by_name.values())
+        phase.amount = f"{code_files} files in code/, {len(findings)} found"
     failures = [finding.message for finding in findings if finding.level == "FAIL"]
     for finding in findings:
         if finding.level == "WARN":
@@ -5844,13 +5857,12 @@ def _check_code(members: List[Member], reader: _MemberReader, options: Options) 
         raise PackagingError(
             f"the package would not serve: {' | '.join(failures[:3])}{more}; nothing was written"
         )
-    entry_point = options.entry_point or DEFAULT_ENTRY_POINT
     if f"{CODE_DIR}/{entry_point}" in by_name:
         log.info(
-            "code check: %d files in code/, %d warnings; deploy with SAGEMAKER_PROGRAM=%s and "
+            "entry point: %s/%s; deploy with SAGEMAKER_PROGRAM=%s and "
             "SAGEMAKER_SUBMIT_DIRECTORY=%s",
-            sum(not member.is_dir for member in by_name.values()),
-            len(findings),
+            CODE_DIR,
+            entry_point,
             entry_point,
             HOSTING_CODE_DIR,
         )

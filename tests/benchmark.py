@@ -4,6 +4,7 @@
     python3 tests/benchmark.py [--size-mb 300,1000] [--runs 3] [--threads N] [--model text]
     python3 tests/benchmark.py --types all [--size-mb 64]     (or --types float32,json,...)
     python3 tests/benchmark.py --files 10000,50000,200000       (small-file trees)
+    python3 tests/benchmark.py --code-check 2000                 (the code check's cost)
 
 It measures; it asserts nothing, and pytest does not collect it. For each size
 it generates a synthetic model with a fixed seed, as a directory and as a
@@ -32,6 +33,11 @@ With --files, it makes trees of N small files (100 B to 100 KB, source-like
 text, a few directory levels, like a vendored site-packages), loose and as a
 model.tar.gz, and reports each command's time, peak RSS and microseconds per
 file, and our job's phases in microseconds per file.
+
+With --code-check N, code/ holds a vendored library: the first N .py files (tests
+left out) of this Python's site-packages, in sorted order. It reports the code check's
+phase, on every CPU and on one (taskset), and the whole job's time beside the same job
+with only inference.py in code/.
 
 Peak RSS is measured on each process of a command by GNU time (/usr/bin/time
 -f %M, which forks it from a small process), and summed over a pipeline's
@@ -579,6 +585,7 @@ def main() -> None:
         "--types", default=None, help="'all' or kinds of data, comma-separated: a table per kind"
     )
     parser.add_argument("--files", default=None, help="small-file tree sizes, comma-separated")
+    parser.add_argument("--code-check", type=int, default=None, help="vendored .py files")
     parser.add_argument(
         "--model",
         choices=("mix", "text"),
@@ -595,6 +602,8 @@ def main() -> None:
             compare_types(kinds, sizes[0], args.threads, args.runs, scratch)
         elif args.files:
             compare_files([int(n) for n in args.files.split(",")], args, scratch)
+        elif args.code_check:
+            measure_code_check(args.code_check, args.runs, scratch)
         else:
             compare_mix(sizes, args, scratch)
     finally:
@@ -667,6 +676,61 @@ def compare_mix(sizes: list[int], args: argparse.Namespace, scratch: Path) -> No
     print("\n".join(table))
     print()
     print("\n".join(notes))
+
+
+def vendored_library(code: Path, count: int) -> int:
+    """code/ with inference.py and a vendored library of count .py files; their bytes."""
+    import site
+
+    packages = Path(site.getsitepackages()[0])
+    sources = sorted(
+        path
+        for path in packages.rglob("*.py")
+        if not any(part.startswith("test") for part in path.relative_to(packages).parts)
+    )[:count]
+    total = 0
+    for source in sources:
+        target = code / "vendor" / source.relative_to(packages)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        total += source.stat().st_size
+    (code / "inference.py").write_text(
+        "import vendor\n\ndef model_fn(model_dir):\n    return None\n"
+    )
+    (code / "vendor" / "__init__.py").write_text("")
+    return total
+
+
+def measure_code_check(count: int, runs: int, scratch: Path) -> None:
+    """The code check's phase and the whole job, with and without a vendored library."""
+    model = scratch / "model"
+    model.mkdir()
+    (model / "model.bin").write_bytes(os.urandom(1 << 20))
+    plain, vendored = scratch / "plain", scratch / "vendored"
+    plain.mkdir()
+    (plain / "inference.py").write_text("def model_fn(model_dir):\n    return None\n")
+    size = vendored_library(vendored, count)
+    times: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for name, code, prefix in (
+            ("plain", plain, []),
+            ("vendored", vendored, []),
+            ("vendored, 1 CPU", vendored, ["taskset", "-c", "0"]),
+        ):
+            out = scratch / "out"
+            start = time.perf_counter()
+            result = subprocess.run(
+                [*prefix, sys.executable, str(SCRIPT), "--model-dir", str(model), "--script-dir",
+                 str(code), "--output-dir", str(out), "--work-dir", str(scratch)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            total = time.perf_counter() - start
+            seconds = json.loads(result.stdout.strip().splitlines()[-1])["seconds"]
+            times.setdefault(f"{name}: job", []).append(total)
+            times.setdefault(f"{name}: code check", []).append(seconds["code check"])
+    print(f"code/ with {count} vendored .py files, {size / 1e6:.1f} MB of source")
+    for name, values in times.items():
+        print(f"{name}: median {statistics.median(values):.3f} s over {runs} runs")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ PACKAGE_JOIN = {
         ],
     }
 }
+SMOKE_ARGUMENTS = ["--smoke-test", "--sample", "/opt/ml/processing/input/sample/payload.csv"]
 PACKAGE_SHA256_METADATA = {
     "package_sha256": {
         "Std:JsonGet": {

@@ -45,6 +45,8 @@ VERIFY = ["tests/test_verify_command.py"]
 DRY_RUN = ["tests/test_dry_run.py"]
 EVIDENCE = ["tests/test_evidence.py"]
 SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
+CODE_CHECK = ["tests/test_code_check.py"]
+SMOKE = ["tests/test_smoke.py"]
 
 
 @dataclass
@@ -901,6 +903,150 @@ MUTANTS = [
             )
         ],
         GZIP,
+    ),
+    # Will it serve: each rule of the code check narrowed to the case a lazy test would use.
+    Mutant(
+        "code check: a syntax error in an imported module only warns",
+        [
+            (
+                '        level = "FAIL" if reachable and not self._serving_is_newer() else "WARN"',
+                '        level = "FAIL" if name == self.entry_point '
+                'and not self._serving_is_newer() else "WARN"',
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: only the first level of local imports followed",
+        [
+            (
+                "        for name in wanted.names:\n"
+                '            found = self.tree.module_file(f"{wanted.module}.{name}")',
+                "        for name in wanted.names if False else ():\n"
+                '            found = self.tree.module_file(f"{wanted.module}.{name}")',
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: the serving grammar never applied",
+        [
+            (
+                "    if serving is not None and serving < here and here >= (3, 8):",
+                "    if False:",
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: transform_fn conflicts only with predict_fn",
+        [
+            (
+                "        request = [name for name in REQUEST_HANDLERS if name in bound]",
+                '        request = [name for name in ("predict_fn",) if name in bound]',
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: only model_fn's parameters counted",
+        [
+            (
+                "        for name, arguments in HANDLER_ARGUMENTS.items():",
+                "        for name, arguments in list(HANDLER_ARGUMENTS.items())[:1]:",
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: keyword-only parameters not counted",
+        [("        + len(arguments.kwonlyargs)\n", "")],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: only a bare except makes an import optional",
+        [
+            (
+                "    if handler.type is None:\n        return True\n",
+                "    if handler.type is None:\n        return True\n    return False\n",
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: imports under TYPE_CHECKING required",
+        [
+            (
+                "ast.If) and _is_type_checking(statement.test):",
+                "ast.If) and False:",
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: a distribution's import name is its own",
+        [
+            (
+                'names = IMPORT_NAMES.get(distribution, (distribution.replace("-", "_"),))',
+                'names = (distribution.replace("-", "_"),)',
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: only -r files must be in code/",
+        [
+            (
+                'INCLUDED_REQUIREMENTS = re.compile(r"(-r|-c|--requirement|--constraint)',
+                'INCLUDED_REQUIREMENTS = re.compile(r"(-r|--requirement)',
+            )
+        ],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: VCS requirement lines pass",
+        [('    (re.compile(r"(?:git|hg|svn|bzr)\\+", re.I), "a VCS checkout"),\n', "")],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: model_fn's f-string paths not seen",
+        [("        if isinstance(node, ast.JoinedStr) and node.values:", "        if False:")],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "code check: an archive's LFS pointers not seen in a dry run",
+        [("        elif member.size < LFS_POINTER_MAX:", "        elif False:")],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "strict: warnings found while writing are let through",
+        [('        _fail_if_strict(options.strict, "publishing")\n', "")],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "smoke test: a handler's context never given",
+        [("            arguments += (Context(),)", "            pass")],
+        SMOKE,
+    ),
+    Mutant(
+        "smoke test: UTF-8 bodies stay bytes",
+        [
+            (
+                'body = body.decode("utf-8")  # as the toolkit does',
+                "body = body  # as the toolkit does",
+            )
+        ],
+        SMOKE,
+    ),
+    Mutant(
+        "smoke test: what the child started outlives it",
+        [("                os.killpg(process.pid, signal.SIGKILL)", "                pass")],
+        SMOKE,
+    ),
+    Mutant(
+        "smoke test: requirements not installed",
+        [("        if not any(_logical_lines(text)):", "        if True:")],
+        SMOKE,
     ),
 ]
 

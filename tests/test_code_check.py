@@ -248,12 +248,22 @@ def test_each_handler_takes_its_arguments_or_one_more(name: str) -> None:
         ("model_dir, context=None, extra=None", True),
         ("*args", False),  # one parameter: called with model_dir alone
         ("model_dir, *, context", True),  # two parameters, but the second is keyword-only
+        ("model_dir, *, context=None", True),  # counted: so the toolkit passes two
         ("model_dir, **options", True),  # a context passed positionally cannot bind to **
     ],
 )
 def test_parameters_count_as_inspect_signature_counts_them(parameters: str, fails: bool) -> None:
     found = code_findings(handler("model_fn", parameters))
     assert levels(found) == ([("FAIL", "handlers")] if fails else [])
+
+
+@pytest.mark.parametrize("name", ["input_fn", "predict_fn", "output_fn"])
+def test_transform_fn_beside_any_request_handler_fails(name: str) -> None:
+    code = ENTRY + "def transform_fn(m, d, c, a): pass\n" + f"def {name}(a, b): pass\n"
+    found = code_findings({"inference.py": code})
+    assert levels(found) == [("FAIL", "handlers")]
+    assert f"defines transform_fn and {name}:" in found[0].message
+    assert code_findings({"inference.py": ENTRY + "def transform_fn(m, d, c, a): pass\n"}) == []
 
 
 def test_handlers_bound_by_import_or_assignment_count() -> None:
@@ -577,3 +587,27 @@ def test_realistic_code_dirs_draw_no_warning(job: Job, kind: str) -> None:
     result = job.cli(*extra, "--strict", "--serving-python", "3.9")
     assert result.returncode == 0, result.stdout
     assert summary(result)["warnings"] == []
+
+
+def test_a_large_code_dir_is_parsed_in_worker_processes_with_the_same_findings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code = {f"vendor/m{i}.py": "import json\nx = 1\n" * 20 for i in range(40)}
+    code["vendor/broken.py"] = "def f(:\n"
+    code["vendor/__init__.py"] = "from . import m0, m1\n"
+    code["inference.py"] = ENTRY + "import vendor\nimport not_there_x\nfrom vendor import broken\n"
+    serial = code_findings(code)
+    assert levels(serial) == [("FAIL", "syntax"), ("WARN", "imports")]
+    workers: list[int] = []
+    in_workers = mims_package._parse_in_workers
+
+    def counted(*args: Any) -> Any:
+        parsed = in_workers(*args)
+        workers.append(len(parsed))
+        return parsed
+
+    monkeypatch.setattr(mims_package, "_parse_in_workers", counted)
+    monkeypatch.setattr(mims_package, "PARALLEL_PARSE_BYTES", 0)
+    monkeypatch.setattr(mims_package, "available_cpus", lambda: 2)
+    assert code_findings(code) == serial
+    assert workers == [len(code)]  # every file went through the pool

@@ -337,14 +337,16 @@ def test_one_version_in_the_script_and_the_project() -> None:
     assert project["version"] == mims_package.__version__
 
 
-def test_the_readme_gives_package_its_full_signature() -> None:
+def test_the_readme_gives_package_and_options_their_full_signatures() -> None:
     import inspect
 
     text = (SCRIPT.parent / "README.md").read_text()
-    shown = text.split("mims_package.package(", 1)[1].split(")\n", 1)[0]
-    documented = " ".join(shown.split()).replace("*, ", "")
-    actual = ", ".join(
-        f"{p.name}={p.default!r}"
-        for p in inspect.signature(mims_package.package).parameters.values()
-    )
-    assert documented == actual
+    for name in ("package", "Options"):
+        shown = text.split(f"mims_package.{name}(", 1)[1].split(")\n", 1)[0]
+        documented = " ".join(shown.split()).replace("*, ", "")
+        parameters = inspect.signature(getattr(mims_package, name)).parameters.values()
+        actual = ", ".join(
+            f"**{p.name}" if p.kind is p.VAR_KEYWORD else f"{p.name}={p.default!r}"
+            for p in parameters
+        )
+        assert documented == actual, name

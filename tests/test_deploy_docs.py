@@ -22,6 +22,7 @@ from conftest import (
     PACKAGE_URI,
     ROOT,
     SERVING_ENV,
+    SMOKE_ARGUMENTS,
     readme_blocks,
 )
 
@@ -172,8 +173,8 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
     names = {
         "role": ROLE,
         "region": REGION,
-        "image_uri": "111122223333.dkr.ecr.us-east-1.amazonaws.com/mims-package:1",
         "train_step": train_step,
+        "sample_s3_uri": "s3://my-bucket/samples/",
         "inference_code_s3_uri": "s3://my-bucket/code/",
         "calibration_s3_uri": "s3://my-bucket/calibration/",
         "package_s3_uri": "s3://my-bucket/packages/",
@@ -193,7 +194,11 @@ def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
     by_name = {step["Name"]: step for step in definition["Steps"]}
     processing = by_name["MimsPackage"]["Arguments"]
     inputs = {i["InputName"]: i for i in processing["ProcessingInputs"]}
-    assert set(inputs) == {"model_input", "script_input", "calibration_model", "code"}
+    assert set(inputs) == {"model_input", "script_input", "calibration_model", "sample", "code"}
+    assert inputs["sample"]["S3Input"]["LocalPath"] == "/opt/ml/processing/input/sample"
+    # On the serving framework's image, with the smoke test and the sample.
+    assert "sagemaker-xgboost:1.7-1" in processing["AppSpecification"]["ImageUri"]
+    assert processing["AppSpecification"]["ContainerArguments"] == SMOKE_ARGUMENTS
     assert (
         inputs["calibration_model"]["S3Input"]["LocalPath"]
         == "/opt/ml/processing/input/calibration"

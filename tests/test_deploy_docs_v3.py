@@ -26,6 +26,7 @@ from conftest import (
     PACKAGE_SHA256_METADATA,
     PACKAGE_URI,
     SERVING_ENV,
+    SMOKE_ARGUMENTS,
     readme_blocks,
 )
 
@@ -33,7 +34,7 @@ ROLE = "arn:aws:iam::111122223333:role/mims"
 NAMES = {
     "role": ROLE,
     "region": sdk_v3.REGION,
-    "image_uri": "111122223333.dkr.ecr.us-east-1.amazonaws.com/mims-package:1",
+    "sample_s3_uri": "s3://my-bucket/samples/",
     "script_s3_uri": "s3://my-bucket/scripts/mims_package.py",
     "inference_code_s3_uri": "s3://my-bucket/code/",
     "calibration_s3_uri": "s3://my-bucket/calibration/",
@@ -109,8 +110,12 @@ def test_the_readme_v3_pipeline_packages_then_registers_the_step_output_unchange
         "model_input": "/opt/ml/processing/input/model",
         "script_input": "/opt/ml/processing/input/script",
         "calibration_model": "/opt/ml/processing/input/calibration",
+        "sample": "/opt/ml/processing/input/sample",
         "code": "/opt/ml/processing/input/code",
     }
+    # On the serving framework's image, with the smoke test and the sample.
+    assert "sagemaker-xgboost:1.7-1" in processing["AppSpecification"]["ImageUri"]
+    assert processing["AppSpecification"]["ContainerArguments"] == SMOKE_ARGUMENTS
     assert inputs["model_input"]["S3Uri"] == "s3://my-bucket/train/model.tar.gz"
     assert inputs["code"]["S3Uri"] == NAMES["script_s3_uri"]
     outputs = {
@@ -173,3 +178,34 @@ def test_importing_sagemaker_serve_needs_a_region_as_the_readme_says(
         [str(sdk_v3_python), "-c", code.format("serve")], env=env, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+GATED = """
+import json
+from sagemaker.mlops.workflow.pipeline import Pipeline
+definition = json.loads(Pipeline(
+    name="mims", steps=[package_step, gate], sagemaker_session=pipeline_session
+).definition())
+"""
+
+
+def test_the_readme_gate_registers_only_a_package_without_warnings(
+    sdk_v3_python: Path, tmp_path: Path
+) -> None:
+    gate = readme_blocks("Will it serve?", "Gating registration on warnings")
+    blocks = [*pipeline_blocks()[:-1], *gate, GATED]
+    ran = run_v3(sdk_v3_python, blocks, ["definition"], tmp_path)
+    steps = ran["results"]["definition"]["Steps"]
+    assert [s["Type"] for s in steps] == ["Processing", "Condition"]
+    arguments = steps[1]["Arguments"]
+    (condition,) = arguments["Conditions"]
+    assert condition["Type"] == "Equals" and condition["RightValue"] == 0
+    assert condition["LeftValue"] == {
+        "Std:JsonGet": {
+            "PropertyFile": {"Get": "Steps.MimsPackage.PropertyFiles.PackageReport"},
+            "Path": "warning_count",
+        }
+    }
+    assert [s["Type"] for s in arguments["IfSteps"]] == ["RegisterModel"]
+    assert [s["Type"] for s in arguments["ElseSteps"]] == ["Fail"]
+    assert s3_writes(ran["calls"]) == []

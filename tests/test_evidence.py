@@ -67,7 +67,8 @@ def test_a_run_ends_with_its_summary(job: Job) -> None:
     assert warning["message"].startswith("code/inference.py defines no model_fn")
     assert summary["warning_count"] == 1
     assert summary["smoke_test"] == {"status": "skipped"}
-    assert set(summary["seconds"]) == {"extract", "stage", "compress", "verify", "total"}
+    phases = {"extract", "stage", "code check", "compress", "verify", "total"}
+    assert set(summary["seconds"]) == phases
     assert set(summary["cpu_seconds"]) == set(summary["seconds"])
     for volume in ("work", "output"):
         free = summary["free_bytes"][volume]
@@ -252,3 +253,88 @@ def test_a_report_that_cannot_be_written_fails_and_says_the_package_stands(job: 
     error = next(line for line in result.stdout.splitlines() if " ERROR " in line)
     assert "while writing the report" in error and "is published and verified" in error
     assert job.package.exists() and job.leftovers() == []
+
+
+def test_the_report_lists_the_warnings_and_the_code_checks_findings(job: Job) -> None:
+    trained = write_tree(job.tmp / "trained", {"w.bin": b"weights", "empty.bin": b""})
+    archive_tree(trained, job.model / "model.tar.gz")
+    write_tree(job.script, {"inference.py": "import not_installed_x\n"})
+    result = job.cli("--report-dir", job.tmp / "report")
+    assert result.returncode == 0, result.stdout
+    report = json.loads((job.tmp / "report" / "package.json").read_text())
+    checks = sorted((w["check"], w["path"]) for w in report["warnings"])
+    assert checks == [
+        ("handlers", "code/inference.py"),
+        ("imports", "code/inference.py"),
+        ("model files", "empty.bin"),
+    ]
+    assert report["warning_count"] == 3 and report["warnings"] == report["summary"]["warnings"]
+    assert sorted((w["check"], w["path"]) for w in report["code_check"]) == checks
+    assert report["smoke_test"] == {"status": "skipped"}
+    assert not (job.tmp / "report" / "package.test-result.intoto.json").exists()
+
+
+def test_a_smoke_test_leaves_an_in_toto_test_result(job: Job) -> None:
+    write_tree(job.model, {"model.json": "{}"})
+    entry = (
+        "def model_fn(model_dir):\n    return {}\n"
+        "def transform_fn(model, body, content_type, accept):\n    return body\n"
+    )
+    write_tree(job.script, {"inference.py": entry + "import helper_not_there_x\n"})
+    sample = job.tmp / "payload.json"
+    sample.write_text('{"x": 1}')
+    result = job.cli("--report-dir", job.tmp / "r", "--smoke-test", "--sample", sample)
+    assert result.returncode == 1  # the import fails in the smoke test: nothing published
+    assert not (job.tmp / "r").exists()
+    write_tree(job.script, {"inference.py": entry})
+    mims_package.package(
+        job.model,
+        job.script,
+        job.output,
+        work_dir=job.work,
+        report_dir=job.tmp / "r",
+        smoke_test=True,
+        sample=str(sample),
+    )
+    report = json.loads((job.tmp / "r" / "package.json").read_text())
+    assert report["smoke_test"]["status"] == "pass"
+    assert report["smoke_test"]["response_bytes"] == len(sample.read_bytes())
+    statement = json.loads((job.tmp / "r" / "package.test-result.intoto.json").read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "https://in-toto.io/attestation/test-result/v0.1"
+    assert statement["subject"] == [
+        {"name": "model.tar.gz", "digest": {"sha256": report["sha256"]}}
+    ]
+    predicate = statement["predicate"]
+    assert predicate["result"] == "PASSED" and predicate["failedTests"] == []
+    assert predicate["warnedTests"] == []
+    assert predicate["passedTests"] == [
+        "code parses",
+        "handlers",
+        "imports",
+        "requirements",
+        "model files",
+        "model_fn",
+        "sample request",
+    ]
+    entry_digest = hashlib.sha256(entry.encode()).hexdigest()
+    sample_digest = hashlib.sha256(sample.read_bytes()).hexdigest()
+    assert predicate["configuration"] == [
+        {"name": "code/inference.py", "digest": {"sha256": entry_digest}},
+        {"name": "sample", "digest": {"sha256": sample_digest}},
+    ]
+
+
+def test_a_warned_check_is_a_warned_test(job: Job) -> None:
+    write_tree(job.model, {"model.json": "{}", "empty.pt": b""})
+    write_tree(job.script, {"inference.py": "import json\n"})  # no model_fn
+    mims_package.package(
+        job.model, job.script, job.output, work_dir=job.work, report_dir=job.tmp / "r",
+        options=mims_package.Options(smoke_test=True),
+    )  # fmt: skip
+    statement = json.loads((job.tmp / "r" / "package.test-result.intoto.json").read_text())
+    predicate = statement["predicate"]
+    assert predicate["result"] == "WARNED"
+    assert predicate["warnedTests"] == ["handlers", "model files", "model_fn"]
+    assert predicate["passedTests"] == ["code parses", "imports", "requirements"]
+    assert predicate["configuration"][0]["name"] == "code/inference.py"
