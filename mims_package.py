@@ -3556,6 +3556,15 @@ class CodeCheck:
         a directory), root() lists the names at its top."""
         if self.entry_point not in self.tree.files:
             return self.findings  # the layout checks say so
+        if self.serving is not None and self.serving < self.here < (3, 8):
+            self._add(
+                "WARN",
+                "syntax",
+                "",
+                f"--serving-python {_version(self.serving)}: Python {_version(self.here)}, "
+                "which runs this check, cannot parse with another version's grammar; the code "
+                "was parsed as it parses it: run the check on Python 3.8 or later to be sure",
+            )
         if self.serving is not None and self.serving > self.here:
             self._add(
                 "WARN",

@@ -198,19 +198,35 @@ def test_serving_python_parses_with_its_grammar(job: Job, case: str) -> None:
     assert newer.returncode == 0, newer.stdout
 
 
-def test_serving_python_newer_than_this_one_only_warns() -> None:
-    """Run on 3.8, the check cannot tell a 3.10 match statement from an error: it warns."""
-    python = find_pythons().get("3.8")
+@pytest.mark.parametrize(
+    ("version", "serving", "said", "level"),
+    [
+        ("3.8", (3, 10), "is newer than this Python (3.8), which parses the code", "WARN"),
+        ("3.7", (3, 6), "Python 3.7, which runs this check, cannot parse with another", "FAIL"),
+    ],
+)
+def test_a_grammar_this_python_cannot_apply_is_said_and_only_warns(
+    version: str, serving: tuple[int, int], said: str, level: str
+) -> None:
+    """Run on 3.8, the check cannot tell a 3.10 match statement from an error: it warns.
+    3.7's ast has no feature_version at all: it says so (and neither 3.6 nor 3.7 has
+    match, so that fails)."""
+    python = find_pythons().get(version)
     if python is None:
-        pytest.skip("Python 3.8 is not on this machine")
+        pytest.skip(f"Python {version} is not on this machine")
+    program = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import mims_package as m\n"
+        "for f in m.check_code({'m.bin': 1, 'code/inference.py': 1}, ['code'],\n"
+        "        lambda n: b'match 1:\\n    case 1:\\n        pass\\n', 'inference.py',\n"
+        f"        {serving!r}):\n"
+        "    print(f.level, f.check, f.member, f.message)\n"
+    )
     found = subprocess.run(
-        [python, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mims_package as m;"
-         "print([(f.level, f.check) for f in m.check_code({'m.bin': 1, 'code/inference.py': 1},"
-         " ['code'], lambda n: b'match 1:\\n    case 1:\\n        pass\\n', 'inference.py',"
-         " (3, 10))])", str(SCRIPT.parent)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert found.stdout.strip() == "[('WARN', 'syntax'), ('WARN', 'syntax')]", found.stdout
+        [python, "-c", program, str(SCRIPT.parent)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert [line.split(" ")[:2] for line in found] == [["WARN", "syntax"], [level, "syntax"]]
+    assert said in found[0]
+    assert found[1].startswith(f"{level} syntax code/inference.py code/inference.py line 1: ")
 
 
 def test_serving_python_must_be_a_python_3_version(job: Job) -> None:
