@@ -1218,7 +1218,8 @@ def member_header(name: str, is_dir: bool, size: int, mode: int, mtime: int) -> 
 # damaged header for the end of the archive, crashes on odd PAX values, and
 # before late-2024 patches spends minutes in a regex on a long PAX header
 # (CVE-2024-6232). This reader reads ustar and old-GNU headers, PAX extended
-# headers (x and Solaris X; g, which is checked and ignored) and GNU long
+# headers (x and Solaris X; g, whose records are checked and not applied, and
+# refused where GNU tar would apply them to later members) and GNU long
 # names (L, K). Every header's checksum must hold, every number must parse,
 # an extended header may hold at most 64 KiB in at most 1,000 records (parsed
 # in one pass), at most 8 extended headers may come in a row, a name may hold
@@ -1255,6 +1256,10 @@ REFUSED_TYPES = {
 # The headers that describe the member after them, not a member of their own.
 EXTENDED_TYPES = (PAX_HEADER_TYPE, SOLARIS_PAX_TYPE, PAX_GLOBAL_TYPE, GNU_LONG_NAME, GNU_LONG_LINK)
 NUMERIC_PAX_KEYWORDS = (b"size", b"uid", b"gid")
+# What a PAX global header may not set: GNU tar applies it to every later member (the
+# name, the link, the size and so the framing, the type), bsdtar ignores it, so the two
+# would extract different files. Other global records (git archive's comment) are harmless.
+GLOBAL_REFUSED = (b"path", b"linkpath", b"size", b"hdrcharset", b"GNU.dumpdir")
 TIME_PAX_KEYWORDS = (b"mtime", b"atime", b"ctime")
 
 
@@ -1373,6 +1378,17 @@ def _pax_records(data: bytes) -> Dict[bytes, bytes]:
         records[keyword] = value
         position = end
     return records
+
+
+def _check_global_records(records: Dict[bytes, bytes]) -> None:
+    """Refuse a PAX global header that would change later members for GNU tar alone."""
+    for keyword in records:
+        if keyword in GLOBAL_REFUSED or keyword.startswith(b"GNU.sparse."):
+            raise UnsupportedArchive(
+                f"its PAX global header sets {keyword.decode('ascii', 'replace')!r} for every "
+                "later member, which GNU tar applies and bsdtar ignores: the two would extract "
+                "different files; repack the archive without it"
+            )
 
 
 def _decoded_name(raw: bytes, what: str) -> str:
@@ -1554,7 +1570,7 @@ class TarReader:
                 if typeflag in (PAX_HEADER_TYPE, SOLARIS_PAX_TYPE):
                     pax = _pax_records(data)
                 elif typeflag == PAX_GLOBAL_TYPE:
-                    _pax_records(data)  # checked; its defaults are not applied
+                    _check_global_records(_pax_records(data))
                 elif typeflag == GNU_LONG_NAME:
                     long_name = _c_string(data)
                 else:

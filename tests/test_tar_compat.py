@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import EOF_MARKER, Job, extended_entry, pad, read_package, with_checksum, write_tree
+from conftest import (
+    EOF_MARKER,
+    Job,
+    extended_entry,
+    pad,
+    read_package,
+    run_cli,
+    with_checksum,
+    write_tree,
+)
 
 import mims_package
 from mims_package import BLOCK_SIZE, _pax_record, _ustar_block, member_header
@@ -225,3 +234,76 @@ def test_xz_at_its_largest_preset_still_passes(job: Job) -> None:
     job.main()
     with tarfile.open(job.package) as tar:
         assert tar.getnames() == ["m.bin"]
+
+
+def with_global(keyword: bytes, value: bytes) -> bytes:
+    """A PAX global header with one record, before two small files."""
+    records = _pax_record(keyword, value)
+    return (
+        extended_entry(kind=b"g", body=records)
+        + file_entry("a.bin", b"A" * 10)
+        + file_entry("b.bin", b"B" * 10)
+        + EOF_MARKER
+    )
+
+
+GLOBALS = {
+    "path": b"code/inference.py",
+    "linkpath": b"/etc",
+    "size": b"512",
+    "hdrcharset": b"BINARY",
+    "GNU.sparse.size": b"100",
+    "GNU.dumpdir": b"Ya",
+}
+
+
+@pytest.mark.parametrize("keyword", GLOBALS)
+def test_a_global_header_that_changes_later_members_is_refused(job: Job, keyword: str) -> None:
+    data = with_global(keyword.encode(), GLOBALS[keyword])
+    write_tree(job.model, {"model.tar.gz": gzip.compress(data, mtime=0)})
+    with pytest.raises(mims_package.PackagingError, match="holds what is refused") as caught:
+        job.main()
+    said = "sparse" if keyword.startswith("GNU.sparse") else f"global header sets '{keyword}'"
+    assert said in str(caught.value)
+    package = job.tmp / "by-hand.tar"
+    package.write_bytes(data)
+    verified = run_cli("--verify", package)
+    assert verified.returncode == 1 and "FAIL integrity" in verified.stdout
+    assert said in verified.stdout
+
+
+@needs_tools
+@pytest.mark.parametrize("keyword", ["path", "size"])
+def test_the_tools_disagree_on_global_headers(tmp_path: Path, keyword: str) -> None:
+    """Why they are refused: GNU tar applies them to later members, bsdtar ignores them."""
+    archive = tmp_path / "g.tar"
+    archive.write_bytes(with_global(keyword.encode(), GLOBALS[keyword]))
+    trees = [extracted_by(tool, archive, tmp_path / tool) for tool in TOOLS]
+    assert trees[0] is not None and trees[1] is not None and trees[0] != trees[1]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not on PATH")
+def test_git_archives_global_comment_passes(job: Job) -> None:
+    """git archive writes a global header with the commit id as a comment: harmless."""
+    repo = write_tree(job.tmp / "repo", {"xgboost_model.bst": b"b", "code/inference.py": "x = 1\n"})
+    environ = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "a",
+        "GIT_AUTHOR_EMAIL": "a@b",
+        "GIT_COMMITTER_NAME": "a",
+        "GIT_COMMITTER_EMAIL": "a@b",
+    }
+    for command in (["init", "-q"], ["add", "."], ["commit", "-qm", "m"]):
+        subprocess.run(["git", "-C", str(repo), *command], check=True, env=environ)
+    archive = job.model / "model.tar.gz"
+    archive.parent.mkdir()
+    subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar.gz", "-o", str(archive), "HEAD"],
+        check=True,
+    )
+    with gzip.open(archive) as raw:
+        assert raw.read(512)[156:157] == b"g"  # the global header comes first
+    job.main()
+    assert set(read_package(job.package)) >= {"xgboost_model.bst", "code/inference.py"}
+    verified = run_cli("--verify", archive)
+    assert verified.returncode == 0, verified.stdout
