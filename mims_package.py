@@ -87,6 +87,7 @@ import array
 import ast
 import bisect
 import bz2
+import codecs
 import concurrent.futures
 import contextlib
 import contextvars
@@ -211,6 +212,8 @@ LINK_EXPANSION_LIMIT = 10  # bytes links may copy, per byte of the input's own f
 LINK_EXPANSION_ALLOWANCE = 100 << 20  # plus this
 EXPANSION_LIMIT = 10  # entries directory links may add, per entry of the input,
 EXPANSION_ALLOWANCE = 10_000  # plus this
+MAX_CODE_CHECK_BYTES = 64 << 20  # of code/ files the code check reads, in all
+MAX_REQUIREMENT_FILES = 16  # requirements.txt and the files its -r and -c lines name
 MAX_MESSAGE_BYTES = 1024  # the message file, SageMaker's limit
 
 # What never ships from any input: version control, caches, notebook checkpoints, OS litter.
@@ -231,11 +234,6 @@ DEFAULT_EXCLUDES = (
 # Every member's mtime, unless --keep-mtimes: SOURCE_DATE_EPOCH, else 2000-01-01T00:00:00Z,
 # so that the same content gives the same bytes however the inputs were copied.
 PORTABLE_MTIME = 946_684_800
-SECRET_SCAN_LIMIT = IO_BLOCK_SIZE  # larger files are not scanned; smaller come in one read
-SECRET_FILE_NAMES = (".env", ".netrc", ".pgpass", "id_rsa", "id_ed25519")
-# .env.* files hold secrets too (.env.local, .env.production), but for these examples,
-# which are screened by content like any other file.
-ENV_FILE_EXAMPLES = (".env.example", ".env.sample", ".env.template")
 
 OPTIONAL_ENV_VARS = {
     "SOURCE_DATE_EPOCH": "Unix time given to every member as its mtime (default: "
@@ -2562,23 +2560,34 @@ class _Planner(_Extractor):
         pass
 
     def _extract_file(self, reader: TarReader, member: TarMember, path: str, mtime: int) -> None:
-        """Keep the bytes a credential screen and the code check read (small code and
-        calibration files); screen a small model file for a Git LFS pointer; the reader
-        reads the rest past, and checks it."""
+        """Screen the file's bytes as the real run screens them (unless an input replaces its
+        top folder), and keep a code/ file's for the code check, within its budget; the
+        reader checks whatever is read past."""
         name = path[len(self._dest) + 1 :]
-        if name.startswith((CODE_DIR + "/", CALIBRATION_DIR + "/")):
-            if member.size <= SECRET_SCAN_LIMIT:
-                self.kept[name] = b"".join(reader.data())
-        elif member.size < LFS_POINTER_MAX:
-            found = _lfs_pointer(name, b"".join(reader.data()))
-            if found is not None:
-                _warn(found.check, found.member, found.message)
+        shipped = name.partition("/")[0] not in self.skip
+        scan = self.screen.open(name) if shipped else None
+        keep = shipped and name.startswith(CODE_DIR + "/") and member.size <= self.code_budget
+        kept = []
+        if scan is not None or keep:
+            for piece in reader.data():
+                if scan is not None:
+                    scan.feed(piece)
+                if keep:
+                    kept.append(bytes(piece))
+        if scan is not None:
+            self.screen.close(scan)
+        if keep:
+            self.kept[name] = b"".join(kept)
+            self.code_budget -= member.size
         self.size += member.size
 
     def _finish_on_disk(self) -> None:
         pass
 
-    kept: Dict[str, bytes]
+    kept: Dict[str, bytes]  # code/ files' bytes, for the code check
+    code_budget = MAX_CODE_CHECK_BYTES
+    screen: "ContentScreen"
+    skip: Collection[str]  # top-level names an input replaces
 
     def members(self, archive: Path, skip: Collection[str]) -> List[Member]:
         """The members staging would make of the tree (unsorted), but top-level names in skip."""
@@ -2654,23 +2663,86 @@ class Record(NamedTuple):
     crc32: int  # of the content (0 for a directory): it catches any corruption
 
 
-# Credentials that must not ship: recognised by name, or by content in small text files,
-# with the patterns secret scanners use (few false alarms: a lone AWS key id, a public
-# certificate or AWS's documented example key id pass).
-PRIVATE_KEY = re.compile(r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
-AWS_KEY_ID = re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
-AWS_KEY_ID_START = re.compile(rb"A[KS]IA")  # one scan for both prefixes: faster than two "in"
+# Credentials must not ship in any member of the package, whichever input it came from.
+# A file is refused for its name (a credentials file), or for what it holds: every text
+# file is read as it streams past, whatever its size (a binary file, told by a NUL byte
+# in its first block, is passed over; UTF-16 text is decoded first). The forms are the
+# documented shapes secret scanners look for, so that look-alikes pass: AWS's example
+# key, a key id with no secret next to it, placeholders (xxxx, <token>, ${VAR}), hashes.
+#
+# A file is first screened with a few cheap searches (each a literal, then a class), and
+# only a file that one of them finds is looked at with the full patterns.
+
+SECRET_FILE_NAMES = (
+    ".env", ".envrc", ".netrc", "_netrc", ".pgpass", ".git-credentials",
+    "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519",
+)  # fmt: skip
+# *.env and .env.* files hold secrets too (.env.local, prod.env), but for these examples,
+# which are screened by content like any other file.
+ENV_FILE_EXAMPLES = ("example", "sample", "template")
+# Each form: a cheap hint (a literal first), then the patterns that hint may lead to; a
+# pattern's group is the secret itself, which must not be a placeholder ("" for a header).
+SECRET_FORMS = tuple(
+    (re.compile(hint).search, tuple((re.compile(pattern), what) for pattern, what in forms))
+    for hint, forms in (
+        (rb"KEY-----", (
+            # with its body: the header alone is a constant in crypto libraries' code
+            (rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----\s*"
+             rb"(?:[\w-]+:[^\n]*\n\s*)*([A-Za-z0-9+/=]{16,})", "a private key (PEM)"),
+        )),
+        (rb"PuTTY-User-Key", ((rb"PuTTY-User-Key-File-\d+:()", "a PuTTY private key"),)),
+        (rb"_[A-Za-z0-9]{20}", (
+            (rb"\bgh[pousr]_([A-Za-z0-9]{36})\b", "a GitHub token"),
+            (rb"\bgithub_pat_([A-Za-z0-9_]{82})\b", "a GitHub token"),
+            (rb"\bhf_([A-Za-z0-9]{34})\b", "a Hugging Face token"),
+            (rb"\b[rs]k_live_([0-9A-Za-z]{24,})\b", "a Stripe live key"),
+            (rb"_authToken\s*=\s*(\S{8,})", "an npm token"),
+        )),
+        (rb"-[A-Za-z0-9]{20}", (
+            (rb"\bxox[abposr]-((?:[0-9]+-)+[A-Za-z0-9-]{10,})", "a Slack token"),
+        )),
+        (rb"T3BlbkFJ", (
+            (rb"\bsk-(?:proj-|svcacct-|admin-)?([\w-]*T3BlbkFJ[\w-]+)", "an OpenAI key"),
+        )),
+        (rb"key-data", (
+            (rb"client-key-data:\s*([A-Za-z0-9+/=]{20,})", "a kubeconfig client key"),
+        )),
+        (rb"://", ((rb"\b[a-z][a-z0-9+.-]*://[^\s:/@'\"<>]+:([^\s/@'\"<>]+)@[\w.\[-]",
+                   "a URL with a password"),)),
+    )
+)  # fmt: skip
+AWS_HINT = re.compile(rb"IA[A-Z0-9]{16}").search  # AWS key ids: AKIA, ASIA
+# Read only in files of these names: elsewhere the same words are too common.
+NAMED_SECRET_PATTERNS = {
+    ".pypirc": (re.compile(rb"(?m)^\s*password\s*[:=][ \t]*(\S+)"), "a PyPI password"),
+    "config.json": (
+        re.compile(rb'"auths"[\s\S]*?"auth"\s*:\s*"([A-Za-z0-9+/=]{8,})"'),
+        "a Docker registry login",
+    ),
+}  # fmt: skip
+AWS_KEY_ID = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])")
 # 40 characters of base64's alphabet, alone: after "=", ":", a quote or a space, as in
 # KEY=value, export KEY=value, KEY: value, "KEY": "value" and KEY = value.
-AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+AWS_SECRET_KEY = re.compile(rb"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+AWS_PAIR_DISTANCE = 1024  # bytes between a key id and its secret key, at most
+# An AWS secret written as JSON escapes it ("\/"), or URL-encoded: read as written plain.
+AWS_UNESCAPES = ((b"\\/", b"/"), (b"%2F", b"/"), (b"%2f", b"/"), (b"%2B", b"+"), (b"%2b", b"+"))
+PLACEHOLDER_WORDS = (
+    b"example", b"placeholder", b"your", b"changeme", b"password", b"secret", b"token",
+    b"xxxx", b"dummy", b"redacted", b"fake", b"<", b"${", b"{{", b"%(", b"*",
+)  # fmt: skip
+SCAN_OVERLAP = 4096  # bytes kept from one block to the next: a form across the cut is seen
+TEXT_PROBE = 8 << 10  # a NUL byte in this much of a file's start makes it binary
 
 
-# How every credentials file's name ends: a quick screen before a name is looked at closely.
-_CREDENTIAL_NAME_ENDINGS = (*SECRET_FILE_NAMES, "credentials")
-
-
-def _may_name_credentials(name: str) -> bool:
-    return name.endswith(_CREDENTIAL_NAME_ENDINGS) or ".env." in name
+def _is_placeholder(secret: bytes) -> bool:
+    """A value that stands for a secret in documentation: repetitive, or a placeholder word."""
+    lowered = secret.lower()
+    return (
+        len(set(secret)) < 6
+        or secret.startswith((b"$", b"%"))
+        or any(word in lowered for word in PLACEHOLDER_WORDS)
+    )
 
 
 def _credential_name(name: str) -> Optional[str]:
@@ -2678,67 +2750,163 @@ def _credential_name(name: str) -> Optional[str]:
     base = name.rpartition("/")[2]
     if base == "credentials" and (name == ".aws/credentials" or name.endswith("/.aws/credentials")):
         return "its name marks a credentials file (.aws/credentials)"
-    if base in SECRET_FILE_NAMES or (base.startswith(".env.") and base not in ENV_FILE_EXAMPLES):
+    if base in SECRET_FILE_NAMES or base.endswith(".ppk"):
+        return f"its name marks a credentials file ({base})"
+    env_file = base.startswith(".env.") or base.endswith(".env")
+    if env_file and not any(word in base for word in ENV_FILE_EXAMPLES):
         return f"its name marks a credentials file ({base})"
     return None
 
 
-def _credential_content(data: bytes) -> Optional[str]:
-    """What credential a small text file's bytes hold, if any; binary data is passed over."""
-    if not (b"PRIVATE KEY" in data or AWS_KEY_ID_START.search(data)) or b"\0" in data:
-        return None  # the common case, decided on the bytes
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    if PRIVATE_KEY.search(text):
-        return "it holds a private key (PEM)"
-    key_ids = [k for k in AWS_KEY_ID.findall(text) if not k.endswith("EXAMPLE")]
-    if key_ids and AWS_SECRET_KEY.search(text):
-        return "it holds an AWS access key id with a secret access key"
+def _text_encoding(head: bytes) -> Optional[str]:
+    """How a file that starts with head is screened: utf-8, utf-16-le or -be; None if binary."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16-le" if head[:2] == b"\xff\xfe" else "utf-16-be"
+    if b"\0" not in head[:TEXT_PROBE]:
+        return "utf-8"
+    probe = head[:512]
+    if len(probe) >= 8:  # UTF-16 text without a BOM: every other byte NUL
+        odd, even = probe[1::2], probe[::2]
+        for encoding, nuls, chars in (("utf-16-le", odd, even), ("utf-16-be", even, odd)):
+            if nuls.count(0) >= 0.9 * len(nuls) and chars.count(0) == 0:
+                return encoding
     return None
 
 
-class CredentialCheck:
-    """Refuses credentials in the members that scanned picks (warns instead, if allowed).
+class _FileScan:
+    """One file's bytes, screened as they stream past: for credentials, and, a model file's,
+    for a Git LFS pointer. feed() each block in turn; found says what it found, if anything."""
 
-    names() looks at every name before anything is written; content() is
-    handed each small file's bytes by write_tar as it packages them, so no
-    file is read twice.
-    """
+    __slots__ = (
+        "_decoder",
+        "_key_at",
+        "_named",
+        "_secret_at",
+        "_seen",
+        "_tail",
+        "found",
+        "head",
+        "name",
+        "size",
+    )
 
-    def __init__(self, scanned: Callable[[str], bool], allow: bool) -> None:
-        self._scanned = scanned
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.found: Optional[str] = None
+        self.head = b""  # the first block's first LFS_POINTER_MAX bytes
+        self.size = 0
+        self._decoder: Any = None  # before the first block; then False (binary), True (UTF-8)
+        # or a UTF-16 decoder
+        self._named = NAMED_SECRET_PATTERNS.get(name.rpartition("/")[2])
+        self._tail = b""
+        self._seen = 0  # text bytes screened before the tail
+        self._key_at = self._secret_at = -AWS_PAIR_DISTANCE - 1
+
+    def feed(self, block: Union[bytes, memoryview]) -> None:
+        if not self.size:
+            self.head = bytes(block[:LFS_POINTER_MAX])
+        self.size += len(block)
+        if self.found is not None or self._decoder is False or not block:
+            return
+        block = bytes(block)
+        if self._decoder is None:  # the first block: binary, UTF-8, or UTF-16 to decode
+            encoding = _text_encoding(block)
+            self._decoder = (
+                False
+                if encoding is None
+                else True
+                if encoding == "utf-8"
+                else codecs.getincrementaldecoder(encoding)("replace")
+            )
+            if self._decoder is False:
+                return
+        if self._decoder is not True:
+            block = self._decoder.decode(block).encode("utf-8", "replace")
+        data = self._tail + block
+        self._screen(data, self._seen - len(self._tail))
+        self._seen += len(block)
+        self._tail = data[-SCAN_OVERLAP:]
+
+    def _screen(self, data: bytes, start: int) -> None:
+        if self._named is not None:
+            pattern, what = self._named
+            if any(not _is_placeholder(m.group(1)) for m in pattern.finditer(data)):
+                self.found = f"it holds {what}"
+                return
+        for hint, forms in SECRET_FORMS:
+            if hint(data):
+                for pattern, what in forms:
+                    for match in pattern.finditer(data):
+                        if not match.group(1) or not _is_placeholder(match.group(1)):
+                            self.found = f"it holds {what}"
+                            return
+        if AWS_HINT(data) or self._key_at >= start - AWS_PAIR_DISTANCE:
+            self._aws_pair(data, start)
+
+    def _aws_pair(self, data: bytes, start: int) -> None:
+        """An AWS access key id with a secret access key near it (as written, or escaped)."""
+        for key in AWS_KEY_ID.finditer(data):
+            if not key.group().endswith(b"EXAMPLE"):
+                self._key_at = max(self._key_at, start + key.start())
+        if self._key_at < start - AWS_PAIR_DISTANCE:
+            return
+        plain = data
+        for escaped, character in AWS_UNESCAPES:
+            if escaped in plain:
+                plain = plain.replace(escaped, character)
+        for secret in AWS_SECRET_KEY.finditer(plain):
+            value = secret.group()
+            if not value.endswith(b"EXAMPLEKEY") and not _is_placeholder(value):
+                self._secret_at = max(self._secret_at, start + secret.start())
+        if abs(self._key_at - self._secret_at) <= AWS_PAIR_DISTANCE:
+            self.found = "it holds an AWS access key id with a secret access key"
+
+
+class ContentScreen:
+    """Screens every member of the package: its name before anything is written, its bytes
+    as they stream past (written, planned or read back). Credentials fail the run, or warn
+    with allow; a model file that is a Git LFS pointer warns. With record, each is a
+    Finding handed to it instead (--verify)."""
+
+    def __init__(self, allow: bool, record: Optional[Callable[[Finding], None]] = None) -> None:
         self._allow = allow
+        self._record = record
 
-    def names(self, members: List[Member]) -> None:
-        suspects = [m for m in members if _may_name_credentials(m.name)]
-        for member in suspects:
-            if not member.is_dir and self._scanned(member.name):
-                self._report(member, _credential_name(member.name))
+    def names(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._report(name, _credential_name(name))
 
-    def reads(self, member: Member) -> bool:
-        """Whether content() wants the member's bytes: a small file of a part that is scanned."""
-        return not member.is_dir and member.size <= SECRET_SCAN_LIMIT and self._scanned(member.name)
+    def open(self, name: str) -> _FileScan:
+        return _FileScan(name)
 
-    def content(self, member: Member, data: bytes) -> None:
-        if len(data) <= SECRET_SCAN_LIMIT and self._scanned(member.name):
-            self._report(member, _credential_content(data))
+    def close(self, scan: _FileScan) -> None:
+        """What the file's bytes showed, once all are fed."""
+        self._report(scan.name, scan.found)
+        if scan.size < LFS_POINTER_MAX and not scan.name.startswith(CODE_DIR + "/"):
+            found = _lfs_pointer(scan.name, scan.head)
+            if found is None:
+                pass
+            elif self._record is not None:
+                self._record(found)
+            else:
+                _warn(found.check, found.member, found.message)
 
-    def _report(self, member: Member, found: Optional[str]) -> None:
+    def _report(self, name: str, found: Optional[str]) -> None:
         if found is None:
             return
-        if self._allow:
-            _warn(
-                "credentials",
-                member.name,
-                f"{member.name}: {found}; shipped because of --allow-secrets",
+        if self._record is not None:
+            message = (
+                f"{found}; credentials must not ship in a model package: remove the file and repack"
             )
+            self._record(Finding("FAIL", "credentials", name, message))
+            return
+        if self._allow:
+            _warn("credentials", name, f"{name}: {found}; shipped because of --allow-secrets")
             return
         raise PackagingError(
-            f"{member.name}: {found}; credentials must not ship in a model package (it "
-            "goes to S3, the model registry and every endpoint): remove the file from the "
-            "inputs, or pass --allow-secrets if it holds no real secret"
+            f"{name}: {found}; credentials must not ship in a model package (it goes to S3, "
+            "the model registry and every endpoint): remove the file from the inputs, or pass "
+            "--allow-secrets if it holds no real secret"
         )
 
 
@@ -2992,8 +3160,6 @@ NEEDS_MORE_THAN_THE_INDEX = (
 DIRECT_REFERENCE = re.compile(r"[A-Za-z0-9][\w.\[\],-]*\s*@\s*")  # "name @ url"
 REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 INCLUDED_REQUIREMENTS = re.compile(r"(-r|-c|--requirement|--constraint)\s*=?\s*(\S+)")
-MAX_CODE_CHECK_BYTES = 64 << 20  # of code/ files the code check reads, in all
-MAX_REQUIREMENT_FILES = 16  # requirements.txt and the files its -r and -c lines name
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 LFS_POINTER_MAX = 1024  # Git LFS pointer files are smaller than this
 HOSTING_CODE_DIR = f"{HOSTING_MODEL_DIR}/{CODE_DIR}"
@@ -4144,8 +4310,6 @@ def _cgroup_cpu_quota() -> Optional[float]:
 # ---------------------------------------------------------------------------
 # Writing the tar stream
 
-Inspector = Callable[[Member, bytes], None]
-
 
 def _read_block(fd: int, member: Member, copied: int) -> Tuple[bytes, bool]:
     """The file's next block, of at most IO_BLOCK_SIZE bytes, and whether it ends the file.
@@ -4168,26 +4332,26 @@ def _write_file(
     header: bytes,
     sink: GzipWriter,
     progress: _Progress,
-    screen: Optional[Inspector],
+    screen: Optional[ContentScreen],
     directories: _DirectoryChain,
     digest: Optional[Any] = None,
 ) -> int:
     """Write a file's header, bytes and padding into sink; return its CRC-32.
 
     The file is opened through directories, as it was planned (see _stamp),
-    and must be so still once read. screen, if given, sees the bytes of a
-    file that comes in one block; digest, if given, is updated with every
-    byte. A file that changed is refused (what was written of it is then
-    discarded with the package).
+    and must be so still once read. screen, if given, sees every byte, as
+    does digest; a file that changed is refused (what was written of it is
+    then discarded with the package).
     """
+    scan = screen.open(member.name) if screen is not None else None
     fd = directories.open_file(member.path, member.stamp)
     try:
         block, ended = _read_block(fd, member, 0)
         copied, crc = len(block), zlib.crc32(block)
         if digest is not None:
             digest.update(block)
-        if copied == member.size and screen is not None:
-            screen(member, block)
+        if scan is not None:
+            scan.feed(block)
         sink.write(header)
         sink.write(block)
         progress.advance(copied)
@@ -4197,12 +4361,16 @@ def _write_file(
             crc = zlib.crc32(block, crc)
             if digest is not None:
                 digest.update(block)
+            if scan is not None:
+                scan.feed(block)
             sink.write(block)
             copied += len(block)
             progress.advance(len(block))
         _check_unchanged(fd, member.path, member.stamp)  # a change of size too
     finally:
         os.close(fd)
+    if screen is not None and scan is not None:
+        screen.close(scan)
     sink.write(_padding(copied))
     return crc
 
@@ -4243,12 +4411,12 @@ class Written(Sequence[Record]):
 def write_tar(
     members: List[Member],
     sink: GzipWriter,
-    screen: Optional[Inspector] = None,
+    screen: Optional[ContentScreen] = None,
     written: Optional[Written] = None,
 ) -> Written:
     """Write members as a PAX tar stream into sink; return what was written, with CRC-32s.
 
-    screen, if given, sees the bytes of every file of at most IO_BLOCK_SIZE.
+    screen, if given, sees every file's name and bytes.
     Each member is added to written (a new one if none) as soon as it is
     written, so that a reader can check it while writing goes on.
     """
@@ -5049,6 +5217,7 @@ class _PackageReview:
         self.files: Dict[str, int] = {}  # each file's size
         self.code: Dict[str, bytes] = {}  # code/ files, for the code check
         self._code_budget = MAX_CODE_CHECK_BYTES
+        self.screen = ContentScreen(False, record=self.findings.append)
         self.excludes = Excludes(DEFAULT_EXCLUDES)
         self.members = self.bytes = 0
 
@@ -5107,31 +5276,23 @@ class _PackageReview:
             self._compare(name, "dir" if is_dir else "file", member.size, digest)
 
     def _read_file(self, reader: TarReader, member: TarMember, name: str) -> Optional[str]:
-        """Read a file's bytes once, if anything needs them: its SHA-256 (for a report), its
-        content (small code and calibration files, for credentials and the code check; a
-        small model file, for a Git LFS pointer)."""
-        is_code = name.startswith(CODE_DIR + "/")
-        scanned = is_code or name.startswith(CALIBRATION_DIR + "/")
-        small = member.size <= SECRET_SCAN_LIMIT
-        keep = (scanned and small) or (not is_code and member.size < LFS_POINTER_MAX)
-        kept: Optional[List[bytes]] = [] if keep else None
+        """Read a file's bytes once: screened (its name too), its SHA-256 taken for a report,
+        a code/ file's kept for the code check (within its budget)."""
+        self.screen.names((name,))
+        scan = self.screen.open(name)
+        keep = name.startswith(CODE_DIR + "/") and member.size <= self._code_budget
+        kept: List[bytes] = []
         digest = hashlib.sha256() if self.report is not None else None
-        if kept is not None or digest is not None:
-            for piece in reader.data():
-                if digest is not None:
-                    digest.update(piece)
-                if kept is not None:
-                    kept.append(bytes(piece))
-        content = None if kept is None else b"".join(kept)
-        if scanned:
-            self._credentials(name, content)
-        if content is not None and not is_code:
-            found = _lfs_pointer(name, content)
-            if found is not None:
-                self.findings.append(found)
-        if content is not None and is_code and len(content) <= self._code_budget:
-            self._code_budget -= len(content)
-            self.code[name] = content
+        for piece in reader.data():
+            scan.feed(piece)
+            if digest is not None:
+                digest.update(piece)
+            if keep:
+                kept.append(bytes(piece))
+        self.screen.close(scan)
+        if keep:
+            self._code_budget -= member.size
+            self.code[name] = b"".join(kept)
         return None if digest is None else digest.hexdigest()
 
     def _compare(self, name: str, kind: str, size: int, sha256: Optional[str]) -> None:
@@ -5153,19 +5314,6 @@ class _PackageReview:
         """--expect-report: every member the report lists must have been in the package."""
         for name in sorted(set(self.report or ()) - set(self.names)):
             self.add("FAIL", "report", name, "is in the report but not in the package")
-
-    def _credentials(self, name: str, content: Optional[bytes]) -> None:
-        found = _credential_name(name)
-        if found is None and content is not None:
-            found = _credential_content(content)
-        if found is not None:
-            self.add(
-                "FAIL",
-                "credentials",
-                name,
-                f"{found}; credentials must not ship in a "
-                "model package: remove the file and repack",
-            )
 
     def layout(self) -> None:
         """The layout checks on the package's root and code/, once every member is read."""
@@ -5663,10 +5811,12 @@ def _stage_inputs(
     excludes: Excludes,
     make_member: Normalized,
     strip_components: int,
+    screen: Optional[ContentScreen] = None,
 ) -> List[Member]:
     """The package's members, sorted by name: the model at the root, code/ and calibration/.
 
-    With no staging dir (--dry-run) a model archive is read and planned, not extracted.
+    With no staging dir (--dry-run) a model archive is read and planned, not extracted,
+    its files screened by screen as they are read.
     """
     sources = {CODE_DIR: inputs.script, CALIBRATION_DIR: inputs.calibration}
     added = {name: source for name, source in sources.items() if source is not None}
@@ -5678,7 +5828,10 @@ def _stage_inputs(
             _warn_replaced(inputs.model, name, source)
         plan_model = functools.partial(stage_tree, inputs.model, make_member, "", added, excludes)
     elif staging is None:
-        plan_model = _read_archive_for_plan(inputs, archive, excludes, strip_components, added)
+        assert screen is not None  # a dry run screens the archive as it reads it
+        plan_model = _read_archive_for_plan(
+            inputs, archive, excludes, strip_components, added, screen
+        )
     else:
         plan_model = _extract_archive_for_plan(
             inputs, archive, staging, excludes, make_member, strip_components, added
@@ -5742,13 +5895,15 @@ def _read_archive_for_plan(
     excludes: Excludes,
     strip_components: int,
     added: Mapping[str, Path],
+    screen: ContentScreen,
 ) -> Callable[[], List[Member]]:
-    """Read the model archive whole, writing nothing (--dry-run); return what plans its members."""
+    """Read the model archive whole, writing nothing (--dry-run), its files screened; return
+    what plans its members."""
     log.info(
         "model archive: %s (%s), read without extracting", archive, _human(archive.stat().st_size)
     )
     planner = _Planner(archive, excludes, archive, strip_components)  # paths never written
-    planner.kept = inputs.planned_bytes
+    planner.kept, planner.screen, planner.skip = inputs.planned_bytes, screen, set(added)
     with _phase("read") as phase, _os_errors("reading the model archive", archive):
         read_archive(planner, archive, inputs.archive_stamp)
         phase.amount = _human(planner.size)
@@ -5828,12 +5983,6 @@ def _check_and_log_members(
             log.debug("  %s (%d bytes, mode %o)", member.name, member.size, member.mode)
 
 
-def _scanned(loose_model: bool) -> Callable[[str], bool]:
-    """Which members are read for credentials: code, calibration, and the model if loose."""
-    extras = (CODE_DIR + "/", CALIBRATION_DIR + "/")
-    return lambda name: loose_model or name.startswith(extras)
-
-
 class _MemberReader(_DirectoryChain):
     """Reads planned members whole, as they were planned (see _stamp); a member planned
     from a model archive without extracting it (stamp 0) from the bytes kept as it was read."""
@@ -5845,17 +5994,21 @@ class _MemberReader(_DirectoryChain):
     def read(self, member: Member) -> Optional[bytes]:
         if not member.stamp:
             return self._kept.get(member.path)
+        return b"".join(self.blocks(member))
+
+    def blocks(self, member: Member) -> Iterator[bytes]:
+        """A loose member's bytes, block by block, checked unchanged at the end."""
         fd = self.open_file(member.path, member.stamp)
         try:
-            pieces, copied, ended = [], 0, False
+            copied, ended = 0, False
             while not ended:
+                _check_stop()
                 block, ended = _read_block(fd, member, copied)
-                pieces.append(block)
                 copied += len(block)
+                yield block
             _check_unchanged(fd, member.path, member.stamp)
         finally:
             os.close(fd)
-        return b"".join(pieces)
 
 
 def _check_code(members: List[Member], reader: _MemberReader, options: Options) -> None:
@@ -5914,27 +6067,13 @@ def _check_smoke_options(options: Options) -> None:
         )
 
 
-def _screen(credentials: CredentialCheck) -> Inspector:
-    """What sees each small file's bytes as they are read: credentials, and model files
-    that are Git LFS pointers."""
-
-    def screen(member: Member, data: bytes) -> None:
-        credentials.content(member, data)
-        if len(data) < LFS_POINTER_MAX and not member.name.startswith(CODE_DIR + "/"):
-            found = _lfs_pointer(member.name, data)
-            if found is not None:
-                _warn(found.check, found.member, found.message)
-
-    return screen
-
-
 def _write_and_verify(
     members: List[Member],
     output_dir: Path,
     staging: Path,
     options: Options,
     threads: int,
-    screen: Inspector,
+    screen: ContentScreen,
     digests: bool,
 ) -> Tuple[Path, str, int, Written]:
     """Write the package next to its final name, verify it, smoke-test it if asked, then
@@ -5979,16 +6118,18 @@ def _write_and_verify(
 
 def _dry_run(inputs: Inputs, excludes: Excludes, make_member: Normalized, options: Options) -> None:
     """--dry-run: every check of a real run up to writing, then what would ship and what not."""
-    members = _stage_inputs(inputs, None, excludes, make_member, options.strip_components)
+    screen = ContentScreen(options.allow_secrets)
+    members = _stage_inputs(inputs, None, excludes, make_member, options.strip_components, screen)
     _check_and_log_members(members, inputs, options.entry_point)
-    credentials = CredentialCheck(_scanned(inputs.archive is None), options.allow_secrets)
-    credentials.names(members)
-    screen = _screen(credentials)
+    screen.names(member.name for member in members if not member.is_dir)
     with _MemberReader(inputs.planned_bytes) as reader:
         _check_code(members, reader, options)
-        for member in (m for m in members if credentials.reads(m)):
-            data = reader.read(member)
-            screen(member, b"" if data is None else data)
+        for member in members:
+            if member.stamp:  # a loose file (one planned from a model archive was screened)
+                scan = screen.open(member.name)
+                for block in reader.blocks(member):
+                    scan.feed(block)
+                screen.close(scan)
     sources = {
         CODE_DIR: ("script", inputs.script),
         CALIBRATION_DIR: ("calibration", inputs.calibration),
@@ -6163,8 +6304,8 @@ def _package(
         with _staging_dir(work) as staging:
             members = _stage_inputs(inputs, staging, excludes, normalized, options.strip_components)
             _check_and_log_members(members, inputs, options.entry_point)
-            credentials = CredentialCheck(_scanned(inputs.archive is None), options.allow_secrets)
-            credentials.names(members)
+            screen = ContentScreen(options.allow_secrets)
+            screen.names(member.name for member in members if not member.is_dir)
             with _MemberReader({}) as reader:
                 _check_code(members, reader, options)
             _fail_if_strict(options.strict, "writing")
@@ -6174,7 +6315,7 @@ def _package(
                 staging,
                 options,
                 threads,
-                _screen(credentials),
+                screen,
                 digests=report is not None,
             )
     seconds = time.monotonic() - started

@@ -47,6 +47,7 @@ EVIDENCE = ["tests/test_evidence.py"]
 SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
 CODE_CHECK = ["tests/test_code_check.py"]
 SMOKE = ["tests/test_smoke.py"]
+CREDENTIALS = ["tests/test_credentials.py"]
 
 
 @dataclass
@@ -410,14 +411,20 @@ MUTANTS = [
         ["tests/test_shipping.py"],
     ),
     Mutant(
-        "ship: credential contents not checked",
-        [("            screen(member, block)\n", "            pass\n")],
-        ["tests/test_shipping.py"],
+        "credentials: the bytes a file is written with not screened",
+        [
+            (
+                "        if scan is not None:\n            scan.feed(block)\n"
+                "        sink.write(header)",
+                "        sink.write(header)",
+            )
+        ],
+        CREDENTIALS,
     ),
     Mutant(
-        "ship: credential names screened out before they are looked at",
-        [("        for member in suspects:", "        for member in suspects[:0]:")],
-        ["tests/test_shipping.py"],
+        "credentials: names not screened",
+        [("            self._report(name, _credential_name(name))", "            pass")],
+        CREDENTIALS,
     ),
     Mutant(
         "layout: a file beside code/ counted as code",
@@ -670,22 +677,21 @@ MUTANTS = [
         "credentials: .env.* files not caught by name",
         [
             (
-                "    if base in SECRET_FILE_NAMES or "
-                '(base.startswith(".env.") and base not in ENV_FILE_EXAMPLES):',
-                "    if base in SECRET_FILE_NAMES:",
+                '    env_file = base.startswith(".env.") or base.endswith(".env")',
+                '    env_file = base.startswith(".env.")',
             )
         ],
-        ["tests/test_shipping.py"],
+        CREDENTIALS,
     ),
     Mutant(
         "credentials: a secret after '=' not seen",
         [
             (
-                'AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+])',
-                'AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])',
+                'AWS_SECRET_KEY = re.compile(rb"(?<![A-Za-z0-9/+])',
+                'AWS_SECRET_KEY = re.compile(rb"(?<![A-Za-z0-9/+=])',
             )
         ],
-        ["tests/test_shipping.py"],
+        CREDENTIALS,
     ),
     Mutant(
         "stops: main() and package() do not watch for signals",
@@ -791,11 +797,11 @@ MUTANTS = [
         "verify: code not read for credentials",
         [
             (
-                "        if scanned:\n            self._credentials(name, content)\n",
-                "        if scanned:\n            self._credentials(name, None)\n",
+                "        for piece in reader.data():\n            scan.feed(piece)\n",
+                "        for piece in reader.data():\n",
             )
         ],
-        VERIFY,
+        CREDENTIALS,
     ),
     Mutant(
         "verify: a damaged file passes",
@@ -829,14 +835,14 @@ MUTANTS = [
         DRY_RUN,
     ),
     Mutant(
-        "dry run: code not read for credentials",
+        "dry run: loose files not read for credentials",
         [
             (
-                "        for member in (m for m in members if credentials.reads(m)):",
-                "        for member in ():",
+                "            if member.stamp:  # a loose file",
+                "            if False:  # a loose file",
             )
         ],
-        DRY_RUN,
+        CREDENTIALS,
     ),
     Mutant(
         "dry run: symlink copies free",
@@ -1014,14 +1020,64 @@ MUTANTS = [
         CODE_CHECK,
     ),
     Mutant(
-        "code check: an archive's LFS pointers not seen in a dry run",
-        [("        elif member.size < LFS_POINTER_MAX:", "        elif False:")],
-        CODE_CHECK,
+        "dry run: a model archive's files not screened as they are read",
+        [("        scan = self.screen.open(name) if shipped else None", "        scan = None")],
+        CREDENTIALS + CODE_CHECK,
     ),
     Mutant(
         "strict: warnings found while writing are let through",
         [('        _fail_if_strict(options.strict, "publishing")\n', "")],
         CODE_CHECK,
+    ),
+    Mutant(
+        "credentials: only the first block of a file read",
+        [
+            (
+                "        self._seen += len(block)\n",
+                "        self._seen += len(block)\n        self._decoder = False\n",
+            )
+        ],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "credentials: UTF-16 read as bytes",
+        [('    if head[:2] in (b"\\xff\\xfe", b"\\xfe\\xff"):', "    if False:")],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "credentials: only AKIA key ids (not temporary ASIA ones)",
+        [
+            (
+                'AWS_KEY_ID = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)',
+                'AWS_KEY_ID = re.compile(rb"(?<![A-Z0-9])(?:AKIA)',
+            )
+        ],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "credentials: JSON-escaped and URL-encoded secrets read as written",
+        [
+            (
+                "        for escaped, character in AWS_UNESCAPES:",
+                "        for escaped, character in ():",
+            )
+        ],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "credentials: placeholders taken for secrets",
+        [("        len(set(secret)) < 6\n", "        False\n")],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "credentials: named forms (.pypirc, docker config) not read",
+        [("        if self._named is not None:", "        if False:")],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "credentials: a key id and a secret far apart taken as a pair",
+        [("AWS_PAIR_DISTANCE = 1024", "AWS_PAIR_DISTANCE = 1 << 20")],
+        CREDENTIALS,
     ),
     Mutant(
         "smoke test: a handler's context never given",
