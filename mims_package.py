@@ -212,7 +212,11 @@ LINK_EXPANSION_LIMIT = 10  # bytes links may copy, per byte of the input's own f
 LINK_EXPANSION_ALLOWANCE = 100 << 20  # plus this
 EXPANSION_LIMIT = 10  # entries directory links may add, per entry of the input,
 EXPANSION_ALLOWANCE = 10_000  # plus this
+MAX_MEMBERS = 1_000_000  # in one input or package: each costs memory while the job runs
+LISTED_LEFT_OUT = 1000  # paths the excludes leave out that a run keeps to list (all are counted)
+MAX_NAME_CHARACTERS = 32 << 20  # of all names and link targets of one input or package
 MAX_CODE_CHECK_BYTES = 64 << 20  # of code/ files the code check reads, in all
+MAX_FINDINGS_PER_CHECK = 100  # that --verify lists, of one level and check; the rest counted
 MAX_REQUIREMENT_FILES = 16  # requirements.txt and the files its -r and -c lines name
 MAX_MESSAGE_BYTES = 1024  # the message file, SageMaker's limit
 
@@ -778,7 +782,8 @@ class Excludes:
                 if globs:
                     for is_dir in (True,) if dir_only else (False, True):
                         self._screens[is_dir].append((_one_regex(iter(globs)), anchored))
-        self.left_out: List[str] = []
+        self.left_out: List[str] = []  # the first LISTED_LEFT_OUT, for --dry-run to list
+        self.count = 0
 
     def pattern_for(self, relative: str, is_dir: bool) -> Optional[str]:
         """The pattern that leaves this path out (relative to its input's root), if any."""
@@ -802,7 +807,9 @@ class Excludes:
             return False
         shown = f"{where}{relative}{'/' if is_dir else ''}"
         log.info("excluded %s (%s)", shown, pattern)
-        self.left_out.append(f"{shown} ({pattern})")
+        self.count += 1
+        if len(self.left_out) < LISTED_LEFT_OUT:
+            self.left_out.append(f"{shown} ({pattern})")
         return True
 
     def summarize(self) -> None:
@@ -811,13 +818,37 @@ class Excludes:
         At INFO: leaving out caches and version control is what a developer's
         checkout expects, and what the user's own patterns asked for.
         """
-        if self.left_out:
-            first = ", ".join(self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
+        if self.count:
+            first = ", ".join(self.left_out[:5]) + (", ..." if self.count > 5 else "")
             log.info(
                 "%d paths left out of the package by the excludes: %s (--exclude adds "
                 "patterns, --no-default-excludes keeps these)",
-                len(self.left_out),
+                self.count,
                 first,
+            )
+
+
+class _NameBudget:
+    """What one input (or package) names, bounded: members, and the characters of their
+    names and link targets, which the job holds while it works. Refused past either bound."""
+
+    def __init__(self, where: Union[str, Path]) -> None:
+        self.where = where
+        self.members = 0
+        self.characters = 0
+
+    def add(self, name: str, link: str = "") -> None:
+        self.members += 1
+        self.characters += len(name) + len(link)
+        if self.members > MAX_MEMBERS or self.characters > MAX_NAME_CHARACTERS:
+            what = (
+                f"more than {MAX_MEMBERS:,} members"
+                if self.members > MAX_MEMBERS
+                else f"names and link targets of more than {MAX_NAME_CHARACTERS:,} characters"
+            )
+            raise PackagingError(
+                f"{self.where} holds {what} in all, the bound on what one package may name; "
+                "package fewer files, or pack many small ones into one"
             )
 
 
@@ -1988,6 +2019,7 @@ class _Extractor:
         self.size = 0  # bytes of regular files
         self.linked = 0  # bytes that hard links will copy once the tree is staged
         self.data_filter = getattr(tarfile, "data_filter", None)
+        self.names = _NameBudget("the model archive")
 
     def _walk(self, path: str, member: str) -> Tuple[List[str], Optional[_Node]]:
         """The parts of a name in the archive; refuse escapes, and links or files on the way.
@@ -2033,6 +2065,7 @@ class _Extractor:
         return nodes
 
     def add(self, reader: TarReader, member: TarMember) -> None:
+        self.names.add(member.name, member.linkname)
         kind, link = self._kind(member), member.linkname
         stripped = self._stripped(member.name)
         if self.strip_components and not stripped:
@@ -2375,16 +2408,23 @@ def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
 class Member(NamedTuple):
     """One package member and the real path it is read from (a tuple: there may be millions).
 
-    stamp is a file's identity and version when it was planned (see _stamp); 0 for a directory.
+    The path is base + name[cut:]: the members of one directory share its base (its real
+    path and a "/"), so that a member holds its name once, not twice. stamp is a file's
+    identity and version when it was planned (see _stamp); 0 for a directory.
     """
 
     name: str
-    path: str
+    base: str
+    cut: int
     is_dir: bool
     size: int
     mode: int
     mtime: int
     stamp: int
+
+    @property
+    def path(self) -> str:
+        return self.base + self.name[self.cut :]
 
 
 class Normalized:
@@ -2399,7 +2439,8 @@ class Normalized:
         self._clamp = source_date_epoch
         self._keep_mtimes = keep_mtimes
 
-    def __call__(self, name: str, path: str, info: os.stat_result) -> Member:
+    def __call__(self, name: str, base: str, cut: int, info: os.stat_result) -> Member:
+        """The member of that name, read from base + name[cut:] (see Member)."""
         is_dir = stat.S_ISDIR(info.st_mode)
         mtime = self._fixed
         if self._keep_mtimes:
@@ -2408,23 +2449,24 @@ class Normalized:
                 mtime = min(mtime, self._clamp)
         mode = 0o755 if is_dir else _file_mode(info.st_mode)
         if is_dir:
-            return Member(name, path, True, 0, mode, mtime, 0)
-        return Member(name, path, False, info.st_size, mode, mtime, _stamp(info))
+            return Member(name, base, cut, True, 0, mode, mtime, 0)
+        return Member(name, base, cut, False, info.st_size, mode, mtime, _stamp(info))
 
 
 _BY_NAME = operator.attrgetter("name")
 
 
 class _CopyBudget:
-    """What links copy into the package, bounded: one budget in bytes, and one in entries.
+    """What the package copies beyond the input's own bytes, bounded: in bytes, and in entries.
 
-    A symlink is packaged as what it points to, and a hard link as a second
-    copy of its file: a small input of many links could otherwise plan an
-    enormous package. The bytes copied through symlinks and hard links may be
-    at most LINK_EXPANSION_LIMIT times the input's own file bytes, plus
+    A symlink is packaged as what it points to, a hard link as a second copy
+    of its file, and a sparse file's holes as zeros: a small input could
+    otherwise plan an enormous package. The bytes copied through symlinks and
+    hard links, and the holes, may be at most LINK_EXPANSION_LIMIT times the
+    input's own file bytes (each file once, as allocated on disk), plus
     LINK_EXPANSION_ALLOWANCE; the entries staged at most EXPANSION_LIMIT times
     the input's entries, plus EXPANSION_ALLOWANCE (nested directory links
-    multiply empty files too). The input is measured only once a link turns up.
+    multiply empty files too). The input is measured only once a copy turns up.
     """
 
     def __init__(
@@ -2442,9 +2484,15 @@ class _CopyBudget:
 
     def _measure(self) -> None:
         entries = own_bytes = 0
+        linked: Set[Tuple[int, int]] = set()
         for _, info in _walk_tree(self._root):
             entries += 1
-            own_bytes += info.st_size if stat.S_ISREG(info.st_mode) else 0
+            if stat.S_ISREG(info.st_mode):
+                key = (info.st_dev, info.st_ino)
+                if info.st_nlink < 2 or key not in linked:
+                    own_bytes += info.st_size - _holes(info)
+                if info.st_nlink > 1:
+                    linked.add(key)
         self._entries = entries
         if self._own_bytes is None:
             self._own_bytes = own_bytes
@@ -2459,9 +2507,9 @@ class _CopyBudget:
         own = self._own_bytes or 0
         if self.copied > LINK_EXPANSION_LIMIT * own + LINK_EXPANSION_ALLOWANCE:
             raise PackagingError(
-                f"symlinks and hard links in {self._root} would copy {_human(self.copied)} "
-                f"from {_human(own)} of files, more than {LINK_EXPANSION_LIMIT}-fold; store the "
-                "files once, not through links"
+                f"symlinks, hard links and sparse files' holes in {self._root} would copy "
+                f"{_human(self.copied)} from {_human(own)} of files, more than "
+                f"{LINK_EXPANSION_LIMIT}-fold; store the files once, as plain files"
             )
 
     def check_entries(self, staged: int) -> None:
@@ -2475,13 +2523,21 @@ class _CopyBudget:
             )
 
 
+def _holes(info: os.stat_result) -> int:
+    """The bytes of a regular file that are not on disk: a sparse file's holes."""
+    blocks = getattr(info, "st_blocks", None)
+    return 0 if blocks is None else max(0, info.st_size - 512 * blocks)
+
+
 def stage_tree(
     root: Path,
-    make_member: Callable[[str, str, os.stat_result], Member],
+    make_member: Callable[[str, str, int, os.stat_result], Member],
     prefix: str = "",
     skip: Collection[str] = (),
     excludes: Optional[Excludes] = None,
     budget: Optional[_CopyBudget] = None,
+    names: Optional["_NameBudget"] = None,
+    count_hard_links: bool = True,
 ) -> List[Member]:
     """The members for everything under root, named prefix + their path below it (unsorted).
 
@@ -2495,17 +2551,20 @@ def stage_tree(
     """
     root = root.resolve()
     budget = _CopyBudget(root) if budget is None else budget
+    names = _NameBudget(root) if names is None else names
+    linked: Set[Tuple[int, int]] = set()  # the files with more than one name, once seen
     members: List[Member] = []
     top = os.stat(root)
     ancestry: Tuple[Tuple[int, int], ...] = ((top.st_dev, top.st_ino),)  # of the dir walked
     stack = [(os.fspath(root), prefix, ancestry, False)]  # ..., whether reached through a link
     with _DirectoryChain() as directories:
         while stack:
-            source_dir, name_prefix, ancestors, linked = stack.pop()
+            source_dir, name_prefix, ancestors, through_link = stack.pop()
+            base, cut = source_dir + "/", len(name_prefix)  # shared by the dir's members
             # Sorted, so that the first fault found is the same on every filesystem.
             for entry_name, info in directories.listing(source_dir, ancestors[-1]):
                 _check_stop()
-                path = source_dir + "/" + entry_name
+                path = base + entry_name
                 if name_prefix == prefix and entry_name in skip:
                     continue
                 name = name_prefix + entry_name
@@ -2516,6 +2575,7 @@ def stage_tree(
                 ):
                     continue
                 _check_name(entry_name, path)
+                names.add(name)
                 real = path
                 if is_link:
                     real = os.fspath(_resolve_inside(Path(path), root))
@@ -2527,16 +2587,26 @@ def stage_tree(
                             f"symlink {path} loops back to {real}, a directory that holds it; "
                             "fix it"
                         )
-                    stack.append((real, name + "/", (*ancestors, key), linked or is_link))
+                    stack.append((real, name + "/", (*ancestors, key), through_link or is_link))
                 elif not stat.S_ISREG(info.st_mode):
                     raise PackagingError(
                         f"{path} is not a regular file, directory or symlink; remove it from the "
                         "input"
                     )
-                elif linked or is_link:
+                elif through_link or is_link:
                     budget.add(info.st_size)
-                members.append(make_member(name, real, info))
-                if linked:
+                else:
+                    budget.add(_holes(info))
+                    if count_hard_links and info.st_nlink > 1:
+                        key = (info.st_dev, info.st_ino)
+                        if key in linked:
+                            budget.add(info.st_size)
+                        linked.add(key)
+                if is_link:
+                    members.append(make_member(name, real, len(name), info))
+                else:
+                    members.append(make_member(name, base, cut, info))
+                if through_link:
                     budget.check_entries(len(members))
     return members
 
@@ -2620,7 +2690,7 @@ class _Planner(_Extractor):
                             f"{'/'.join((os.fspath(archive), *parts))}, a directory that holds "
                             "it; fix it"
                         )
-                    members.append(Member(full, "", True, 0, 0o755, 0, 0))
+                    members.append(Member(full, "", 0, True, 0, 0o755, 0, 0))
                     stack.append(
                         (full + "/", parts, node, (*ancestors, id(node)), linked or is_link)
                     )
@@ -2629,7 +2699,8 @@ class _Planner(_Extractor):
                         budget.add(node.size)
                     # path: its name in the archive's tree (no file on disk; stamp 0 says so)
                     real_name = "/".join(parts)
-                    members.append(Member(full, real_name, False, node.size, node.mode, 0, 0))
+                    base, cut = ("", 0) if real_name == full else (real_name, len(full))
+                    members.append(Member(full, base, cut, False, node.size, node.mode, 0, 0))
                 if linked:
                     budget.check_entries(len(members))
         return members
@@ -4403,7 +4474,7 @@ class Written(Sequence[Record]):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:  # counted from the last member written, not the last planned
             index = range(len(self))[index]
-        name, _, is_dir, size, mode, mtime, _ = self.members[index]
+        name, _, _, is_dir, size, mode, mtime, _ = self.members[index]
         kind = DIRECTORY_TYPE if is_dir else REGULAR_TYPE
         return Record(name, kind, size, mode, mtime, self.crcs[index])
 
@@ -4425,7 +4496,7 @@ def write_tar(
     with _DirectoryChain() as directories:
         for member in members:
             _check_stop()
-            name, _, is_dir, size, mode, mtime, _ = member
+            name, _, _, is_dir, size, mode, mtime, _ = member
             header = member_header(name, is_dir, size, mode, mtime)
             crc, digest = 0, None if written.digests is None else hashlib.sha256()
             if is_dir:
@@ -5217,15 +5288,33 @@ class _PackageReview:
         self.files: Dict[str, int] = {}  # each file's size
         self.code: Dict[str, bytes] = {}  # code/ files, for the code check
         self._code_budget = MAX_CODE_CHECK_BYTES
-        self.screen = ContentScreen(False, record=self.findings.append)
+        self.screen = ContentScreen(False, record=self.record)
         self.excludes = Excludes(DEFAULT_EXCLUDES)
         self.members = self.bytes = 0
+        self._names = _NameBudget("the package")
+        self._counts: Dict[Tuple[str, str], int] = {}  # findings of each level and check
 
     def add(self, level: str, check: str, member: str, message: str) -> None:
-        self.findings.append(Finding(level, check, member, message))
+        self.record(Finding(level, check, member, message))
+
+    def record(self, finding: Finding) -> None:
+        """Keep the finding, unless MAX_FINDINGS_PER_CHECK of its level and check are kept."""
+        kind = (finding.level, finding.check)
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        if self._counts[kind] <= MAX_FINDINGS_PER_CHECK:
+            self.findings.append(finding)
+
+    def count_dropped(self) -> None:
+        """For each kind past the bound, one finding saying how many more there are."""
+        for (level, check), count in self._counts.items():
+            if count > MAX_FINDINGS_PER_CHECK:
+                more = count - MAX_FINDINGS_PER_CHECK
+                listed = f"only the first {MAX_FINDINGS_PER_CHECK} of a check are listed"
+                self.findings.append(Finding(level, check, "", f"and {more} more ({listed})"))
 
     def member(self, reader: TarReader, member: TarMember) -> None:
         """Check one member: what it is, its name and mode, and (code, calibration) its bytes."""
+        self._names.add(member.name, member.linkname)
         self.members += 1
         self.bytes += member.size
         name = "/".join(piece for piece in member.name.split("/") if piece not in ("", "."))
@@ -5353,9 +5442,10 @@ class _PackageReview:
         """The code check, on the package's code/ as it was read."""
         directories = [name for name, is_dir in self.names.items() if is_dir and name]
         entry_point = self.entry_point or DEFAULT_ENTRY_POINT
-        self.findings += check_code(
+        for finding in check_code(
             self.files, directories, self.code.get, entry_point, serving_python
-        )
+        ):
+            self.record(finding)
 
 
 def check_package(
@@ -5432,6 +5522,7 @@ def check_package(
             review.add("PASS", "smoke test", "", f"{smoke.status}: {_smoke_words(smoke)}")
         except PackagingError as exc:
             review.add("FAIL", "smoke test", "", str(exc))
+    review.count_dropped()
     checked = PackageCheck(os.fspath(path), digest, review.members, review.bytes, review.findings)
     return checked._replace(smoke_test=smoke)
 
@@ -5839,11 +5930,11 @@ def _stage_inputs(
     with _phase("stage") as phase, _os_errors("staging the inputs", staging or inputs.model):
         members = plan_model()
         for name, source in added.items():
-            members.append(make_member(name, os.fspath(source), os.stat(source)))
+            members.append(make_member(name, os.fspath(source), len(name), os.stat(source)))
             members += stage_tree(source, make_member, f"{name}/", (), excludes)
         phase.amount = f"{sum(not m.is_dir for m in members)} files"
     excludes.summarize()
-    _record(excluded=len(excludes.left_out))
+    _record(excluded=excludes.count)
     members.sort(key=_BY_NAME)
     return members
 
@@ -5879,7 +5970,9 @@ def _extract_archive_for_plan(
         try:
             # What the archive's hard links copy counts against the budget of its symlinks.
             budget = _CopyBudget(model_root.resolve(), *done)
-            return stage_tree(model_root, make_member, "", added, None, budget)
+            return stage_tree(
+                model_root, make_member, "", added, None, budget, count_hard_links=False
+            )
         except PackagingError as exc:
             # Name the archive's members, not the staging directory they were extracted to.
             raise PackagingError(
@@ -6142,10 +6235,12 @@ def _dry_run(inputs: Inputs, excludes: Excludes, make_member: Normalized, option
         print(_escape(f"ship {member.mode:04o} {member.size:>14,} {source:<13} {name}"))
     for left_out in excludes.left_out:
         print(_escape(f"leave out {left_out}"))
+    if excludes.count > len(excludes.left_out):
+        print(f"leave out ... and {excludes.count - len(excludes.left_out)} more")
     files = [member for member in members if not member.is_dir]
     print(
         f"dry run: {len(files)} files, {len(members) - len(files)} directories, "
-        f"{_human(sum(m.size for m in files))} would ship; {len(excludes.left_out)} paths left "
+        f"{_human(sum(m.size for m in files))} would ship; {excludes.count} paths left "
         "out; nothing was written",
         flush=True,
     )

@@ -5,6 +5,7 @@
     python3 tests/benchmark.py --types all [--size-mb 64]     (or --types float32,json,...)
     python3 tests/benchmark.py --files 10000,50000,200000       (small-file trees)
     python3 tests/benchmark.py --code-check 2000                 (the code check's cost)
+    python3 tests/benchmark.py --memory                          (peak memory, hostile inputs)
 
 It measures; it asserts nothing, and pytest does not collect it. For each size
 it generates a synthetic model with a fixed seed, as a directory and as a
@@ -38,6 +39,11 @@ With --code-check N, code/ holds a vendored library: the first N .py files (test
 left out) of this Python's site-packages, in sorted order. It reports the code check's
 phase, on every CPU and on one (taskset), and the whole job's time beside the same job
 with only inference.py in code/.
+
+With --memory, it measures the peak RSS of the job, --dry-run, --verify and --verify
+--json on inputs made to cost memory: 200,000 files with short names, 32,000 members with
+names of 1,000 characters (just under the bound on names), and a package of 100,000
+symlinks with 3,000-character targets; each beside the goal of 100 MB + 1 KB a member.
 
 Peak RSS is measured on each process of a command by GNU time (/usr/bin/time
 -f %M, which forks it from a small process), and summed over a pipeline's
@@ -586,6 +592,7 @@ def main() -> None:
     )
     parser.add_argument("--files", default=None, help="small-file tree sizes, comma-separated")
     parser.add_argument("--code-check", type=int, default=None, help="vendored .py files")
+    parser.add_argument("--memory", action="store_true", help="peak memory on hostile inputs")
     parser.add_argument(
         "--model",
         choices=("mix", "text"),
@@ -604,6 +611,8 @@ def main() -> None:
             compare_files([int(n) for n in args.files.split(",")], args, scratch)
         elif args.code_check:
             measure_code_check(args.code_check, args.runs, scratch)
+        elif args.memory:
+            measure_memory(scratch)
         else:
             compare_mix(sizes, args, scratch)
     finally:
@@ -731,6 +740,66 @@ def measure_code_check(count: int, runs: int, scratch: Path) -> None:
     print(f"code/ with {count} vendored .py files, {size / 1e6:.1f} MB of source")
     for name, values in times.items():
         print(f"{name}: median {statistics.median(values):.3f} s over {runs} runs")
+
+
+def hostile_archive(path: Path, count: int, name: Callable[[int], str], link: str = "") -> None:
+    """A gzip'd tar of count members (files of one byte, or symlinks to link + their number)."""
+    import gzip
+
+    sys.path.insert(0, str(ROOT))
+    import mims_package
+
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        for index in range(count):
+            if not link:
+                out.write(mims_package.member_header(name(index), False, 1, 0o644, 0))
+                out.write(b"x" + bytes(511))
+                continue
+            records = mims_package._pax_record(b"linkpath", f"{link}{index}".encode())
+            records += mims_package._pax_record(b"path", name(index).encode())
+            pax = mims_package._ustar_block(b"././@PaxHeader", b"x", len(records), 0, 0)
+            out.write(pax + records + mims_package._padding(len(records)))
+            out.write(mims_package._ustar_block(b"l", b"2", 0, 0o777, 0))
+        out.write(bytes(1024))
+
+
+def peak_rss_mb(*args: str) -> float:
+    """Our script's peak RSS, in MB, by GNU time."""
+    result = subprocess.run(
+        [GNU_TIME, "-f", "%M", sys.executable, str(SCRIPT), *args], capture_output=True, text=True
+    )
+    return int(result.stderr.strip().splitlines()[-1]) / 1024
+
+
+def measure_memory(scratch: Path) -> None:
+    """Peak RSS of every command on inputs made to cost memory, beside the goal."""
+    long_name = lambda i: "/".join([f"p{i % 7:03d}" * 60] * 4) + f"/f{i}.bin"  # noqa: E731
+    inputs = {
+        "200,000 short names": (200_000, lambda i: f"pkg{i % 50}/mod{i // 4000}/file{i}.py", ""),
+        "32,000 names of 1,000 chars": (32_000, long_name, ""),
+        "100,000 symlinks, 3,000-char targets": (100_000, lambda i: f"l{i}", "../" * 1000),
+    }
+    print("| input | command | peak RSS MB | goal MB |")
+    print("|---|---|---|---|")
+    for label, (count, name, link) in inputs.items():
+        model = scratch / "model"
+        model.mkdir()
+        archive = model / "model.tar.gz"
+        hostile_archive(archive, count, name, link)
+        out, work = scratch / "out", scratch / "work"
+        (work / "script").mkdir(parents=True)
+        goal = 100 + count / 1024
+        runs = {"--verify": ["--verify", str(archive)]}
+        runs["--verify --json"] = [*runs["--verify"], "--json"]
+        if not link:  # a package of links is refused by the job: --verify is what reads it
+            job = ["--model-dir", str(model), "--script-dir", str(work / "script")]
+            job += ["--output-dir", str(out), "--work-dir", str(work)]
+            runs = {"job": job, "--dry-run": [*job, "--dry-run"], **runs}
+        for command, args in runs.items():
+            print(f"| {label} | {command} | {peak_rss_mb(*args):.0f} | {goal:.0f} |", flush=True)
+        shutil.rmtree(model)
+        shutil.rmtree(work)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 if __name__ == "__main__":

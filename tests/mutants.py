@@ -639,9 +639,9 @@ MUTANTS = [
         "stage: symlink copies free",
         [
             (
-                "                elif linked or is_link:\n"
+                "                elif through_link or is_link:\n"
                 "                    budget.add(info.st_size)\n",
-                "",
+                "                elif False:\n                    pass\n",
             )
         ],
         [*EXTRACTION, "tests/test_security.py"],

@@ -238,7 +238,10 @@ def test_hard_links_that_multiply_the_files_are_refused(job: Job) -> None:
     ]
     make_archive(job.model / "model.tar.gz", members)
     refused(
-        job, "symlinks and hard links in", "model.tar.gz would copy 125.8 MB from 1.0 MB", "10-fold"
+        job,
+        "symlinks, hard links and sparse files' holes in",
+        "model.tar.gz would copy 125.8 MB from 1.0 MB",
+        "10-fold",
     )
 
 

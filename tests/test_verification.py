@@ -18,14 +18,11 @@ from mims_package import GzipWriter, Member
 @pytest.fixture
 def members(tmp_path: Path) -> list[Member]:
     files = write_tree(tmp_path / "files", {"a.bin": b"alpha", "b.bin": b"bravo", "c": None})
+    base = str(files) + "/"  # each member is read from base + its name (see Member)
     return [
-        Member(
-            "a.bin", str(files / "a.bin"), False, 5, 0o644, 1_700_000_000, stamp(files / "a.bin")
-        ),
-        Member(
-            "b.bin", str(files / "b.bin"), False, 5, 0o755, 1_700_000_000, stamp(files / "b.bin")
-        ),
-        Member("c", str(files / "c"), True, 0, 0o755, 1_700_000_000, 0),
+        Member("a.bin", base, 0, False, 5, 0o644, 1_700_000_000, stamp(files / "a.bin")),
+        Member("b.bin", base, 0, False, 5, 0o755, 1_700_000_000, stamp(files / "b.bin")),
+        Member("c", base, 0, True, 0, 0o755, 1_700_000_000, 0),
     ]
 
 
