@@ -326,7 +326,7 @@ class PackagingError(Exception):
 
 
 class _Stopped(SystemExit):
-    """Raised in the main thread after SIGTERM or SIGINT, so that every cleanup runs.
+    """Raised in the main thread after a stop signal, so that every cleanup runs.
 
     A SystemExit whose code is 128 + the signal's number: a caller that does
     not catch it exits as a shell reports a signal, with no traceback.
@@ -356,6 +356,8 @@ class _StopRequest:
 
 
 _STOP = _StopRequest()
+# What stops a run: a stop from SageMaker or docker (SIGTERM), Ctrl-C, a closed terminal.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _check_stop() -> None:
@@ -365,15 +367,15 @@ def _check_stop() -> None:
 
 
 def _request_stop(signum: int, frame: Optional[FrameType]) -> None:
-    """The SIGTERM and SIGINT handler: record the first signal, ignore any that follow."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    """The stop signals' handler: record the first signal, ignore any that follow."""
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     _STOP.signum = signum
 
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGINT stop the job at its next safe point, within the block only.
+    """SIGTERM, SIGINT and SIGHUP stop the job at its next safe point, within the block only.
 
     The handlers that were in place come back after it. Only the main thread
     takes signals: elsewhere, or within a block that already watches, this
@@ -382,7 +384,7 @@ def _stop_on_signals() -> Iterator[None]:
     if _STOP.watching or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     _STOP.signum, _STOP.watching = None, True
     for sig in previous:
         signal.signal(sig, _request_stop)
@@ -6232,17 +6234,16 @@ def _dry_run(inputs: Inputs, excludes: Excludes, make_member: Normalized, option
         label, given = sources.get(member.name.partition("/")[0], (model, None))
         source = label if given is not None else model
         name = member.name + ("/" if member.is_dir else "")
-        print(_escape(f"ship {member.mode:04o} {member.size:>14,} {source:<13} {name}"))
+        _write_out(_escape(f"ship {member.mode:04o} {member.size:>14,} {source:<13} {name}"))
     for left_out in excludes.left_out:
-        print(_escape(f"leave out {left_out}"))
+        _write_out(_escape(f"leave out {left_out}"))
     if excludes.count > len(excludes.left_out):
-        print(f"leave out ... and {excludes.count - len(excludes.left_out)} more")
+        _write_out(f"leave out ... and {excludes.count - len(excludes.left_out)} more")
     files = [member for member in members if not member.is_dir]
-    print(
+    _write_out(
         f"dry run: {len(files)} files, {len(members) - len(files)} directories, "
         f"{_human(sum(m.size for m in files))} would ship; {excludes.count} paths left "
-        "out; nothing was written",
-        flush=True,
+        "out; nothing was written"
     )
     _fail_if_strict(options.strict, "writing")
 
@@ -6573,7 +6574,7 @@ def main(
         # Bare JSON on standard output, where the job's log goes: CloudWatch Logs Insights
         # and metric filters read the fields of a log event that is JSON and nothing else.
         # json.dumps escapes every control and non-ASCII character.
-        print(json.dumps(facts.summary(error)), flush=True)
+        _write_out(json.dumps(facts.summary(error)))
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -6837,10 +6838,12 @@ def _read_report(path: Path) -> Dict[str, Any]:
 
 
 def _verify_command(args: argparse.Namespace) -> int:
-    """--verify: check the package, print the findings (or one JSON object); the exit code."""
-    logging.basicConfig(
-        stream=sys.stderr if args.json else sys.stdout, level=args.log_level, format=LOG_FORMAT
-    )
+    """--verify: check the package, print the findings (or one JSON object); the exit code.
+
+    With --json, standard output holds exactly one JSON object, whatever happens.
+    """
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
+    shown = _shown_path(args.verify)
     try:
         report = None
         if args.expect_report is not None:
@@ -6855,36 +6858,54 @@ def _verify_command(args: argparse.Namespace) -> int:
                 options=options,
                 work_dir=args.work_dir,
             )
-    except OSError as exc:
-        log.error("cannot read %s: %s", exc.filename or args.verify, exc.strerror or exc)
-        return 2
-    except PackagingError as exc:
-        log.error("%s", exc)
-        return 2
+    except (OSError, PackagingError, _Stopped) as exc:
+        if isinstance(exc, OSError):
+            reason = (
+                f"cannot read {_shown_path(exc.filename or args.verify)}: {exc.strerror or exc}"
+            )
+        else:
+            reason = str(exc) if isinstance(exc, PackagingError) else f"stopped by {exc}"
+        log.error("%s", reason)
+        if args.json:
+            _write_out(json.dumps({"package": shown, "status": "error", "error": reason}))
+        return 128 + exc.signum if isinstance(exc, _Stopped) else 2
     warnings = [finding.as_warning() for finding in result.findings if finding.level == "WARN"]
     if args.json:
-        report = {**result._asdict(), "status": result.status}
+        report = {**result._asdict(), "package": shown, "status": result.status}
         report["findings"] = [finding._asdict() for finding in result.findings]
         report["warnings"], report["warning_count"] = warnings, len(warnings)
         smoke = result.smoke_test
         report["smoke_test"] = smoke.summary() if smoke is not None else _smoke_status(result)
-        print(json.dumps(report, indent=2), flush=True)
+        _write_out(json.dumps(report, indent=2))
     else:
         for finding in result.findings:
             where = f"{finding.member}: " if finding.member else ""
-            print(_escape(f"{finding.level} {finding.check}: {where}{finding.message}"))
+            _write_out(_escape(f"{finding.level} {finding.check}: {where}{finding.message}"))
         counts = {
             level: sum(f.level == level for f in result.findings) for level in ("FAIL", "WARN")
         }
-        print(
+        _write_out(
             _escape(
-                f"summary: {result.status.upper()} {result.package}: {result.members} members, "
+                f"summary: {result.status.upper()} {shown}: {result.members} members, "
                 f"{_human(result.bytes)}, sha256 {result.sha256}; {counts['FAIL']} FAIL, "
                 f"{counts['WARN']} WARN"
-            ),
-            flush=True,
+            )
         )
     return 1 if result.status == "fail" or (args.strict and warnings) else 0
+
+
+def _shown_path(path: Union[str, Path]) -> str:
+    """A path as text for a person or JSON: bytes that are not UTF-8 as \\x escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _write_out(text: str) -> None:
+    """A line on standard output, for a program to read; a reader that went away (| head)
+    is not an error, and what is left to print is dropped."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _smoke_status(result: PackageCheck) -> Dict[str, str]:
@@ -6902,16 +6923,13 @@ def cli(argv: Optional[List[str]] = None) -> int:
     """Run the job from the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     if args.print_contract:
-        try:
-            print(json.dumps(CONTRACT, indent=2), flush=True)
-        except BrokenPipeError:  # the reader (say, head) closed the pipe: nothing is wrong
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _write_out(json.dumps(CONTRACT, indent=2))
         return 0
     if args.verify is not None:
         return _verify_command(args)
     if args.expect_sha256 is not None or args.expect_report is not None or args.json:
         build_parser().error("--expect-sha256, --expect-report and --json go with --verify")
-    logging.basicConfig(stream=sys.stdout, level=args.log_level, format=LOG_FORMAT)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format=LOG_FORMAT)
     environ = _optional_environ()
     try:
         with _stop_on_signals():

@@ -194,20 +194,27 @@ def without_data_filter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(WITHOUT_DATA_FILTER, "1")
 
 
-def run_cli(*args: Any, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
-    """Run the script as a subprocess; return the CompletedProcess (text output)."""
+def run_cli(
+    *args: Any, env: dict[str, str] | None = None, timeout: float = 120, merged: bool = True
+) -> Any:
+    """Run the script as a subprocess; return the CompletedProcess (text output). Logs go to
+    standard error: merged (the default), they are in stdout with the rest, as a terminal
+    shows them; not merged, stdout holds only what a program reads."""
     full_env = {
         k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "WORKING_DIRECTORY")
     }
     full_env.update(env or {})
     launcher = ["-c", NO_FILTER_LAUNCHER] if os.environ.get(WITHOUT_DATA_FILTER) else []
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, *launcher, str(SCRIPT), *map(str, args)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
         text=True,
         env=full_env,
         timeout=timeout,
     )
+    result.stderr = result.stderr or ""  # merged: all of it is in stdout
+    return result
 
 
 @dataclass

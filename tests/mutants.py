@@ -500,7 +500,12 @@ MUTANTS = [
     ),
     Mutant(
         "failure: a stop exits 1, not 128 + signal",
-        [("        return 128 + exc.signum", "        return 1")],
+        [
+            (
+                "    except _Stopped as exc:\n        return 128 + exc.signum",
+                "    except _Stopped as exc:\n        return 1",
+            )
+        ],
         ["tests/test_signals.py", "tests/test_faults.py"],
     ),
     Mutant(
@@ -893,9 +898,9 @@ MUTANTS = [
         "summary: not printed after a failure",
         [
             (
-                "        print(json.dumps(facts.summary(error)), flush=True)",
+                "        _write_out(json.dumps(facts.summary(error)))",
                 "        if error is None:\n"
-                "            print(json.dumps(facts.summary(error)), flush=True)",
+                "            _write_out(json.dumps(facts.summary(error)))",
             )
         ],
         EVIDENCE,

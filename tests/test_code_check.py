@@ -31,7 +31,7 @@ def job_findings(job: Job, *extra: Any) -> tuple[int, set[tuple[str, str, str]]]
 
 
 def verify_findings(package: Path, *extra: Any) -> tuple[int, set[tuple[str, str, str]]]:
-    result = run_cli("--verify", package, "--json", *extra)
+    result = run_cli("--verify", package, "--json", *extra, merged=False)
     assert "Traceback" not in result.stdout + result.stderr, result.stderr
     report = json.loads(result.stdout)
     found = {

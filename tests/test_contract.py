@@ -79,7 +79,7 @@ def test_optional_env_vars_in_the_contract_are_the_ones_the_code_reads() -> None
 
 
 def test_print_contract_prints_the_contract_as_json() -> None:
-    result = run_cli("--print-contract")
+    result = run_cli("--print-contract", merged=False)
     assert result.returncode == 0
     assert json.loads(result.stdout) == mims_package.CONTRACT
 
@@ -122,7 +122,7 @@ def test_script_imports_only_the_standard_library() -> None:
     "args", [["--compression-level", "12"], ["--no-such-flag"], ["--threads", "0"]]
 )
 def test_bad_usage_exits_2(args: list[str]) -> None:
-    result = run_cli(*args)
+    result = run_cli(*args, merged=False)
     assert result.returncode == 2
     assert "usage:" in result.stderr
 

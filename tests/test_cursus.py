@@ -94,7 +94,8 @@ def test_the_start_of_the_log_names_version_python_and_every_path(job: Job) -> N
     result = subprocess.run(
         [sys.executable, str(SCRIPT), *relative, "--calibration-dir", "work"],
         cwd=job.tmp,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     assert result.returncode == 0, result.stdout

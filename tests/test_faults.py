@@ -208,7 +208,8 @@ def run_unprivileged(job: Job) -> Any:
     user = UNPRIVILEGED if os.geteuid() == 0 else {}
     return subprocess.run(
         [python, str(script), *map(str, job.args())],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # the logs, as a terminal shows them
         text=True,
         timeout=60,
         **user,

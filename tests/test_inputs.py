@@ -125,7 +125,7 @@ def test_a_failed_run_leaves_no_output_dir_it_made(job: Job) -> None:
 def test_no_arguments_on_a_laptop_creates_nothing(tmp_path: Path) -> None:
     """The SageMaker paths do not exist here: one ERROR, and no /opt/ml/processing/output."""
     result = in_namespace(
-        'mount -t tmpfs tmpfs /opt && "$@"; echo "exit $?"; find /opt', sys.executable, SCRIPT
+        'mount -t tmpfs tmpfs /opt && "$@" 2>&1; echo "exit $?"; find /opt', sys.executable, SCRIPT
     )
     lines = result.stdout.splitlines()
     assert [line for line in lines if " ERROR " in line] == [
@@ -144,7 +144,7 @@ def test_help_shows_only_real_defaults() -> None:
 
 
 def test_threads_that_is_not_a_number_says_so() -> None:
-    result = run_cli("--threads", "abc")
+    result = run_cli("--threads", "abc", merged=False)
     assert result.returncode == 2
     assert "argument --threads: must be a whole number, not 'abc'" in result.stderr
 

@@ -59,17 +59,23 @@ def python_for(version: str) -> str:
     pytest.skip(message)
 
 
-def run(python: str, *args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    python: str, *args: object, cwd: Path | None = None, merged: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The script under python; the logs (standard error) in stdout too, unless not merged."""
     env = {k: v for k, v in os.environ.items() if k != "WORKING_DIRECTORY"}
     env["SOURCE_DATE_EPOCH"] = EPOCH
-    return subprocess.run(
+    result = subprocess.run(
         [python, str(SCRIPT), *map(str, args)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
         text=True,
         env=env,
         cwd=cwd,
         timeout=300,
     )
+    result.stderr = result.stderr or ""
+    return result
 
 
 def run_job(python: str, model: Path, script: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -244,7 +250,7 @@ def test_corrupt_gzip_is_one_error(version: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
 def test_print_contract(version: str) -> None:
-    result = run(python_for(version), "--print-contract")
+    result = run(python_for(version), "--print-contract", merged=False)
     assert result.returncode == 0, result.stderr
     contract = json.loads(result.stdout)
     assert contract["framework_requirements"]["python"] == ">=3.7"
@@ -253,7 +259,7 @@ def test_print_contract(version: str) -> None:
 @pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
 def test_verify_gives_the_same_findings_on_every_interpreter(version: str) -> None:
     package = EXAMPLE / "model" / "model.tar.gz"  # a training job's archive: no code/ in it
-    result = run(python_for(version), "--verify", package, "--json")
+    result = run(python_for(version), "--verify", package, "--json", merged=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["sha256"] == hashlib.sha256(package.read_bytes()).hexdigest()
@@ -284,7 +290,7 @@ def test_older_pythons_get_a_message_not_a_traceback() -> None:
     """3.6 cannot run the script; it must say so in one line and exit 1."""
     if "3.6" not in PYTHONS:
         pytest.skip("Python 3.6 not found (pyenv, python3.6 on PATH, MIMS_PYTHONS)")
-    result = run(PYTHONS["3.6"], "--print-contract")
+    result = run(PYTHONS["3.6"], "--print-contract", merged=False)
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == "ERROR mims_package.py needs Python 3.7 or later, this is 3.6\n"

@@ -411,7 +411,15 @@ def test_the_smoke_test_agrees_with_the_inference_toolkit(tmp_path: Path, case: 
     rows = tmp_path / "rows.csv"
     rows.write_text(CSV)
     ours = run_cli(
-        "--verify", package, "--smoke-test", "--sample", rows, "--accept", "text/csv", "--json"
+        "--verify",
+        package,
+        "--smoke-test",
+        "--sample",
+        rows,
+        "--accept",
+        "text/csv",
+        "--json",
+        merged=False,
     )
     smoke = json.loads(ours.stdout)["smoke_test"]
     toolkit = subprocess.run(

@@ -184,7 +184,7 @@ def test_json_is_one_object_on_standard_output(tmp_path: Path) -> None:
     package = tar_with(
         tmp_path / "p.tar.gz", [*members, info("link", type=tarfile.SYMTYPE, linkname="x")]
     )
-    result = run_cli("--verify", package, "--json")
+    result = run_cli("--verify", package, "--json", merged=False)
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert set(report) == {
