@@ -5839,7 +5839,7 @@ def _output_dir(output_dir: Path) -> Iterator[None]:
         raise
 
 
-def _check_writable(directory: Path) -> None:
+def _check_writable(directory: Path, what: str = "output") -> None:
     """Create and remove a file in directory, so that a read-only one fails before any work."""
     try:
         fd, name = tempfile.mkstemp(prefix=".mims-probe-", dir=directory)
@@ -5848,8 +5848,41 @@ def _check_writable(directory: Path) -> None:
     except OSError as exc:  # named by the directory, not the probe's random name
         unnamed = OSError(exc.errno, exc.strerror)
         raise _explain(
-            unnamed, "checking that the output directory is writable", directory
+            unnamed, f"checking that the {what} directory is writable", directory
         ) from exc
+
+
+def _check_destination(what: str, path: Path) -> None:
+    """Refuse, before anything is read or made, a directory to write in that cannot be one:
+    a file there or above it, or a place where nothing can be made (read-only, /proc). The
+    probe is a file made and removed in it, or in the nearest directory above that exists."""
+    missing = _missing_dirs(path)
+    existing = missing[-1].parent if missing else path
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise PackagingError(
+            f"the {what} directory {path} exists and is not a directory{where}; remove it or "
+            "choose another"
+        )
+    _check_writable(existing, what)
+
+
+def _check_path(option: str, value: Union[str, Path]) -> None:
+    """Refuse a path option that no system call can take: too long, or a symlink loop."""
+    raw = os.fsencode(value)
+    if len(raw) >= MAX_PATH_BYTES or any(len(part) > MAX_NAME_BYTES for part in raw.split(b"/")):
+        raise PackagingError(
+            f"{option} {_shown_path(value)[:200]}... is too long (a name over "
+            f"{MAX_NAME_BYTES} bytes or a path over {MAX_PATH_BYTES}); choose a shorter path"
+        )
+    try:
+        Path(value).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop, before Python 3.13
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PackagingError(
+            f"{option} {_shown_path(value)} cannot be resolved ({reason}); is it a symlink "
+            "loop? Fix the path"
+        ) from None
 
 
 def _work_dir(explicit: Optional[Path], output_dir: Path, inputs: Tuple[Path, ...]) -> Path:
@@ -6217,7 +6250,8 @@ def _dry_run(inputs: Inputs, excludes: Excludes, make_member: Normalized, option
     members = _stage_inputs(inputs, None, excludes, make_member, options.strip_components, screen)
     _check_and_log_members(members, inputs, options.entry_point)
     screen.names(member.name for member in members if not member.is_dir)
-    with _MemberReader(inputs.planned_bytes) as reader:
+    reading = _os_errors("reading the inputs", inputs.model)
+    with reading, _MemberReader(inputs.planned_bytes) as reader:
         _check_code(members, reader, options)
         for member in members:
             if member.stamp:  # a loose file (one planned from a model archive was screened)
@@ -6360,6 +6394,8 @@ def _package(
     }
     for option, value in given.items():
         _check_local(option, value)
+        if value is not None:
+            _check_path(option, value)
     output = Path(output_dir if output_dir is not None else DEFAULT_OUTPUT_PATH)
     model = Path(model_dir if model_dir is not None else DEFAULT_MODEL_PATH)
     script = Path(script_dir if script_dir is not None else DEFAULT_SCRIPT_PATH)
@@ -6379,9 +6415,11 @@ def _package(
     report = _report_target(report_dir, output)
     if report is not None:
         inputs.archive_sha256 = hashlib.sha256()
-    _check_outside_inputs("output", output, inputs.paths())
-    if explicit_work is not None:
-        _check_outside_inputs("work", explicit_work, inputs.paths())
+    destinations = {"output": output, "work": explicit_work, "report": report}
+    for what, path in destinations.items():
+        if path is not None:
+            _check_outside_inputs(what, path, inputs.paths())
+            _check_destination(what, path)
     normalized = Normalized(options.source_date_epoch, options.keep_mtimes)
     _record(threads=threads, level=options.compression_level, adaptive=options.adaptive)
     if options.dry_run:
@@ -6402,7 +6440,7 @@ def _package(
             _check_and_log_members(members, inputs, options.entry_point)
             screen = ContentScreen(options.allow_secrets)
             screen.names(member.name for member in members if not member.is_dir)
-            with _MemberReader({}) as reader:
+            with _os_errors("reading the code", inputs.model), _MemberReader({}) as reader:
                 _check_code(members, reader, options)
             _fail_if_strict(options.strict, "writing")
             final, digest, size, written = _write_and_verify(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -244,14 +245,34 @@ def test_expect_report_names_a_member_the_package_lacks(job: Job) -> None:
     assert "FAIL report: extra.bin: is in the report but not in the package" in result.stdout
 
 
-def test_a_report_that_cannot_be_written_fails_and_says_the_package_stands(job: Job) -> None:
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_report_dir_that_cannot_be_one_fails_before_anything(job: Job, dry_run: bool) -> None:
     write_tree(job.model, {"w.bin": b"w"})
     blocker = job.tmp / "report"
     blocker.write_text("a file where the report dir should be")
-    result = job.cli("--report-dir", blocker)
-    assert result.returncode == 1
-    error = next(line for line in result.stdout.splitlines() if " ERROR " in line)
-    assert "while writing the report" in error and "is published and verified" in error
+    for report in (blocker, blocker / "sub"):
+        result = job.cli("--report-dir", report, *(["--dry-run"] if dry_run else []))
+        assert result.returncode == 1
+        error = next(line for line in result.stdout.splitlines() if " ERROR " in line)
+        assert f"the report directory {report} exists and is not a directory" in error
+        assert not job.output.exists() and job.leftovers() == []
+
+
+def test_a_report_that_cannot_be_written_fails_and_says_the_package_stands(
+    job: Job, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tree(job.model, {"w.bin": b"w"})
+
+    def full_disk(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(mims_package, "_write_atomically", full_disk)
+    with pytest.raises(mims_package.PackagingError) as caught:
+        mims_package.package(
+            job.model, job.script, job.output, work_dir=job.work, report_dir=job.tmp / "r"
+        )
+    assert "while writing the report" in str(caught.value)
+    assert "is published and verified, but has no report" in str(caught.value)
     assert job.package.exists() and job.leftovers() == []
 
 

@@ -197,7 +197,7 @@ def unprivileged_python() -> str | None:
     return None
 
 
-def run_unprivileged(job: Job) -> Any:
+def run_unprivileged(job: Job, *extra: str) -> Any:
     """Run the job as 'nobody' where we are root (root ignores permissions), else as ourselves."""
     python = unprivileged_python()
     if python is None:
@@ -207,7 +207,7 @@ def run_unprivileged(job: Job) -> Any:
     script.chmod(0o644)
     user = UNPRIVILEGED if os.geteuid() == 0 else {}
     return subprocess.run(
-        [python, str(script), *map(str, job.args())],
+        [python, str(script), *map(str, job.args(*extra))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # the logs, as a terminal shows them
         text=True,
@@ -242,17 +242,18 @@ def test_permission_denied_on_the_staging_dir(shared_job: Job) -> None:
         job,
         result.returncode,
         result.stdout,
-        "permission denied while creating the staging directory",
+        "permission denied while checking that the work directory is writable",
     )
 
 
-def test_unreadable_input_file(shared_job: Job) -> None:
+@pytest.mark.parametrize("extra", [(), ("--dry-run",)], ids=["run", "dry-run"])
+def test_unreadable_input_file(shared_job: Job, extra: tuple[str, ...]) -> None:
     job = shared_job
     for path in (job.output, job.work):
         path.chmod(0o777)
     write_tree(job.output, {"model.tar.gz": OLD})
     (job.model / "m.bin").chmod(0o000)
-    result = run_unprivileged(job)
+    result = run_unprivileged(job, *extra)
     assert_clean_failure(job, result.returncode, result.stdout, "permission denied", "m.bin")
 
 

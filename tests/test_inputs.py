@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from conftest import (
     archive_tree,
     assert_refused,
     files_of,
+    find_pythons,
     in_namespace,
     needs_unshare,
     run_cli,
@@ -165,3 +167,64 @@ def test_a_fifo_in_a_loose_input_is_refused_not_skipped(job: Job, where: str) ->
     os.mkfifo(root / "pipe")
     result = job.cli("--calibration-dir", calibration)
     assert_refused(result, job, f"{root / 'pipe'} is not a regular file, directory or symlink")
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_report_dir_inside_an_input_is_refused(job: Job, dry_run: bool) -> None:
+    write_tree(job.model, {"w.bin": b"w"})
+    write_tree(job.script, {"inference.py": "def model_fn(d): pass\n", "package.json": "{}"})
+    result = job.cli("--report-dir", job.script, *(["--dry-run"] if dry_run else []))
+    assert_refused(result, job, f"the report directory {job.script} is inside the input")
+    assert (job.script / "package.json").read_text() == "{}"
+
+
+PATH_OPTIONS = ["--model-dir", "--script-dir", "--calibration-dir", "--output-dir", "--work-dir"]
+
+
+@pytest.mark.parametrize("option", [*PATH_OPTIONS, "--report-dir"])
+def test_a_path_too_long_for_the_system_is_one_error(job: Job, option: str) -> None:
+    write_tree(job.model, {"w.bin": b"w"})
+    result = job.cli(option, job.tmp / ("n" * 300) / "x")
+    assert_refused(result, job, f"{option} ", "is too long (a name over 255 bytes")
+
+
+@pytest.mark.parametrize("option", ["--output-dir", "--work-dir", "--report-dir"])
+@pytest.mark.parametrize("version", ["3.7", "3.11", "this"])
+def test_a_symlink_loop_as_a_directory_to_write_in_is_one_error(
+    job: Job, option: str, version: str
+) -> None:
+    python = sys.executable if version == "this" else find_pythons().get(version)
+    if python is None:
+        pytest.skip(f"Python {version} is not on this machine")
+    write_tree(job.model, {"w.bin": b"w"})
+    os.symlink(job.tmp / "loop-b", job.tmp / "loop-a")
+    os.symlink(job.tmp / "loop-a", job.tmp / "loop-b")
+    result = subprocess.run(
+        [python, str(SCRIPT), *map(str, job.args(option, job.tmp / "loop-a" / "out"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
+    result.stderr = ""  # in stdout
+    assert_refused(result, job, f"{option} ", "cannot be resolved")
+
+
+@pytest.mark.parametrize("option", ["--output-dir", "--work-dir", "--report-dir"])
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "proc"])
+def test_a_dry_run_refuses_a_directory_to_write_in_as_the_real_run_does(
+    job: Job, option: str, where: str
+) -> None:
+    write_tree(job.model, {"w.bin": b"w"})
+    blocker = job.tmp / "blocker"
+    blocker.write_text("x")
+    path = {"a-file": blocker, "under-a-file": blocker / "d", "proc": Path("/proc/mims-x")}[where]
+    real, dry = job.cli(option, path), job.cli(option, path, "--dry-run")
+    assert real.returncode == dry.returncode == 1
+    said = [
+        [line.split(" ERROR ")[1] for line in result.stdout.splitlines() if " ERROR " in line]
+        for result in (real, dry)
+    ]
+    assert said[0] == said[1] and len(said[0]) == 1, said
+    assert not job.output.exists() or option != "--output-dir"
+    assert job.leftovers() == [] and blocker.read_text() == "x"

@@ -1,4 +1,4 @@
-"""Stopping the job (SIGTERM, SIGINT) mid-run leaves nothing behind and keeps an older package."""
+"""Stopping the job (SIGTERM, SIGINT, SIGHUP) mid-run leaves nothing; an older package stays."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import mims_package
 BIG = 48 << 20
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+)
 def test_stop_during_compression_cleans_up(job: Job, signum: int, code: int) -> None:
     write_tree(job.model, {"weights.bin": os.urandom(BIG)})
     write_tree(job.output, {"model.tar.gz": b"older package"})
@@ -114,3 +116,20 @@ def test_main_and_package_watch_for_stops_and_then_give_the_handlers_back(
     mims_package.package(job.model, job.script, job.output, work_dir=job.work)
     assert seen == [mims_package._request_stop] * 2
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_reader_that_goes_away_does_not_fail_a_published_package(job: Job) -> None:
+    """mims_package.py ... | head -1: standard output closes early; the package stands."""
+    write_tree(job.model, {"weights.bin": os.urandom(1 << 20)})
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "mims_package.py"), *map(str, job.args())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the summary line is written
+    log = process.stderr.read()
+    assert process.wait(timeout=60) == 0, log
+    assert "Traceback" not in log and "BrokenPipeError" not in log
+    assert set(files_of(job.package)) == {"weights.bin"} and job.leftovers() == []

@@ -8,12 +8,16 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import Job, run_cli, write_tree
+from conftest import SCRIPT, Job, run_cli, write_tree
 
 KEYS = (
     b"key = '"
@@ -235,3 +239,54 @@ def test_a_directory_listed_twice_is_not_a_duplicate(tmp_path: Path) -> None:
     twice = [info("code", type=tarfile.DIRTYPE, mode=0o755)] * 2
     code, lines = verify(tar_with(tmp_path / "p.tar.gz", [*twice, *members]))
     assert code == 0 and lines_at("FAIL", lines) == [], lines
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "fifo", "dev-null", "not-utf-8"])
+def test_json_is_one_object_whatever_the_path_is(tmp_path: Path, kind: str) -> None:
+    path: Any = tmp_path / "model.tar.gz"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-null":
+        path = Path(os.devnull)
+    elif kind == "not-utf-8":
+        path = os.fsdecode(bytes(tmp_path) + b"/model-\xff.tar.gz")
+    result = run_cli("--verify", path, "--json", merged=False, timeout=30)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)  # one object, and nothing else
+    assert report["status"] == "error" and report["error"]
+    if kind == "not-utf-8":
+        assert report["package"].endswith("model-\\xff.tar.gz")
+        assert "\\udc" not in result.stdout
+
+
+def test_json_is_one_object_when_a_stop_ends_it(tmp_path: Path) -> None:
+    """SIGTERM once the smoke test's model_fn runs (it says so: a barrier, not a guess)."""
+    started = tmp_path / "started"
+    code = (
+        "import time\n"
+        "def model_fn(d):\n"
+        f"    open({str(started)!r}, 'w').close()\n"
+        "    time.sleep(300)\n"
+    )
+    tree = write_tree(tmp_path / "tree", {"m.bst": b"b", "code/inference.py": code})
+    package = tmp_path / "model.tar.gz"
+    subprocess.run(["tar", "-czf", str(package), "-C", str(tree), "."], check=True)
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--verify", str(package), "--smoke-test", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 143 and "Traceback" not in err
+    assert json.loads(out) == {
+        "package": str(package),
+        "status": "error",
+        "error": "stopped by SIGTERM",
+    }
