@@ -205,6 +205,8 @@ MAX_EXTENDED_HEADER = 64 << 10  # a PAX extended header or GNU long name (CVE-20
 MAX_PAX_RECORDS = 1000  # records in one PAX header, parsed in one pass
 MAX_EXTENDED_IN_A_ROW = 8  # real archives use one or two (a g, then an x; or an L and a K)
 XZ_MEMORY_LIMIT = 128 << 20  # xz -9 needs 65 MiB, for its 64 MiB dictionary
+DECODE_RATIO_AFTER = 1 << 30  # past this much decoded, a stream may decode to at most
+MAX_DECODE_RATIO = 200  # this many bytes a compressed byte (zeros: gzip 1,000, bzip2 10^6)
 MAX_PATH_BYTES = 4096  # a name or link target (PATH_MAX); the steps resolving one symlink
 MAX_NAME_BYTES = 255  # one component of a name
 MAX_SYMLINK_HOPS = 40  # links followed resolving one symlink, as the kernel's ELOOP
@@ -233,6 +235,7 @@ DEFAULT_EXCLUDES = (
     ".mypy_cache/",
     ".ruff_cache/",
     ".DS_Store",
+    "._*",  # macOS AppleDouble files, beside every file copied from a Mac
     "Thumbs.db",
 )
 # Every member's mtime, unless --keep-mtimes: SOURCE_DATE_EPOCH, else 2000-01-01T00:00:00Z,
@@ -1727,9 +1730,23 @@ class _Decoder:
         self._is_xz = compression == "xz"
         self._check_known = not self._is_xz  # an xz stream's check, once its header is read
         self._input = b""
+        self._compressed = self._decoded = 0  # bytes read and decoded, for the ratio
 
     def _read_raw(self) -> bytes:
-        return self._raw.read(IO_BLOCK_SIZE)
+        data = self._raw.read(IO_BLOCK_SIZE)
+        self._compressed += len(data)
+        return data
+
+    def _check_ratio(self, decoded: int) -> None:
+        """Refuse a stream that decodes to far more than an archive of real files does."""
+        self._decoded += decoded
+        limit = MAX_DECODE_RATIO * self._compressed
+        if self._decoded > DECODE_RATIO_AFTER and self._decoded > limit:
+            raise UnsupportedArchive(
+                f"it decodes to more than {MAX_DECODE_RATIO} times its compressed size past "
+                f"the first {_human(DECODE_RATIO_AFTER)} (a decompression bomb?); no real "
+                "model archive compresses that well"
+            )
 
     def read(self, size: int) -> bytes:
         while True:
@@ -1753,6 +1770,7 @@ class _Decoder:
             if not self._check_known:
                 self._check_xz_check()
             if out:
+                self._check_ratio(len(out))
                 return out
 
     def _check_xz_check(self) -> None:
@@ -2069,7 +2087,7 @@ class _Extractor:
     def add(self, reader: TarReader, member: TarMember) -> None:
         self.names.add(member.name, member.linkname)
         kind, link = self._kind(member), member.linkname
-        stripped = self._stripped(member.name)
+        stripped = self._stripped(member.name, member.name)
         if self.strip_components and not stripped:
             return  # nothing left of its name: skipped, as tar skips it (its data is read)
         parts, existing = self._walk(stripped, member.name)
@@ -2113,11 +2131,24 @@ class _Extractor:
             size, mode = member.size, _file_mode(member.mode)
         parent.children[parts[-1]] = _Node("file", size, mode=mode)
 
-    def _stripped(self, name: str) -> str:
-        """name without its first strip_components components (counted after any "./")."""
+    def _stripped(self, name: str, member: str) -> str:
+        """name without its first strip_components components (counted after any "./").
+
+        What the components stripped would hide is refused as it is without the
+        option: an absolute name, or a ".." that climbs out of the archive.
+        """
         if not self.strip_components:
             return name
+        if name.startswith("/"):
+            raise PackagingError(
+                f"archive member {member!r} has an absolute path ({name!r}); the archive is unsafe"
+            )
         pieces = [piece for piece in name.split("/") if piece not in ("", ".")]
+        depth = 0
+        for piece in pieces:
+            depth += -1 if piece == ".." else 1
+            if depth < 0:
+                raise _points_outside(member, name)
         return "/".join(pieces[self.strip_components :])
 
     def _hold(self, reader: TarReader, member: TarMember, parts: List[str]) -> None:
@@ -2207,7 +2238,8 @@ class _Extractor:
         same target, checked from its own place.
         """
         self._check_target(member.name, member.linkname)
-        target_parts, node = self._walk(self._stripped(member.linkname), member.name)
+        target = self._stripped(member.linkname, member.name)
+        target_parts, node = self._walk(target, member.name)
         target_name = "/".join(target_parts)
         if node is not None and node.kind == "symlink" and target_parts != parts:
             self._check_symlink(member.name, node.link, parts)
@@ -3018,22 +3050,51 @@ def _check_layout(
     if inputs.archive is None:
         _check_not_only_archives(model, inputs.model)
         _check_not_swapped_by_content(model, code, inputs)
+    else:
+        archives = _only_archives([member.name for member in model])
+        if archives is not None:
+            _warn("layout", "", f"the model {archives}; package what one of them holds instead")
     _warn_one_top_folder(model, inputs)
+    calibration = _calibration_too_deep([member.name for member in parts[CALIBRATION_DIR]])
+    if calibration is not None:
+        fix = f"pass --calibration-dir {inputs.calibration}/{CALIBRATION_DIR}"
+        _warn("layout", f"{CALIBRATION_DIR}/{CALIBRATION_DIR}/", f"{calibration}; {fix}")
     if code:
         _check_entry_point_present(code, entry_point)
 
 
+def _only_archives(model_names: Sequence[str]) -> Optional[str]:
+    """What is wrong when every model file is an archive (model.tar.gz in model.tar.gz)."""
+    if not model_names or not all(name.endswith(ARCHIVE_SUFFIXES) for name in model_names):
+        return None
+    return (
+        f"holds only archives ({', '.join(model_names[:5])}): hosting does not unpack them, "
+        "so model_fn finds no model"
+    )
+
+
+def _calibration_too_deep(calibration_names: Sequence[str]) -> Optional[str]:
+    """What is wrong when every calibration file is in calibration/calibration/."""
+    nested = f"{CALIBRATION_DIR}/{CALIBRATION_DIR}/"
+    if not calibration_names or not all(n.startswith(nested) for n in calibration_names):
+        return None
+    return (
+        f"every calibration file is under {nested}: the code looks in "
+        f"{HOSTING_MODEL_DIR}/{CALIBRATION_DIR}/, finds nothing, and the endpoint serves "
+        "uncalibrated scores without an error"
+    )
+
+
 def _check_not_only_archives(model: List[Member], model_dir: Path) -> None:
     """A loose model of archives alone (model-v1.tar.gz, model.zip) has no model to serve."""
-    if not all(member.name.endswith(ARCHIVE_SUFFIXES) for member in model):
+    archives = _only_archives([member.name for member in model])
+    if archives is None:
         return
-    names = ", ".join(member.name for member in model[:5])
     advice = f"name the one to package with --model-dir {model_dir}/NAME.tar.gz"
     if any(member.name.endswith(".zip") for member in model):
         advice += f"; a zip archive must be repacked: {REPACK}"
     raise PackagingError(
-        f"the model input {model_dir} holds only archives ({names}) and no "
-        f"{MODEL_ARCHIVE_NAME}: they would ship as files, not as a model; {advice}"
+        f"the model input {model_dir} {archives}, and no {MODEL_ARCHIVE_NAME}; {advice}"
     )
 
 
@@ -5277,6 +5338,14 @@ class PackageCheck(NamedTuple):
         return "fail" if "FAIL" in levels else "warn" if "WARN" in levels else "pass"
 
 
+SPECIAL_MODE_BITS = (  # what --verify fails in a member's mode: the job writes none of them
+    (stat.S_ISUID, "setuid"),
+    (stat.S_ISGID, "setgid"),
+    (stat.S_ISVTX, "sticky"),
+    (stat.S_IWOTH, "writable by anyone"),
+)
+
+
 class _PackageReview:
     """The checks --verify makes on each member, and on the layout once all are read."""
 
@@ -5287,6 +5356,7 @@ class _PackageReview:
         self.report = report  # --expect-report: each member as the report has it, by name
         self.findings: List[Finding] = []
         self.names: Dict[str, bool] = {}  # each name seen: whether it was a directory
+        self._parents: Set[str] = set()  # every directory a name is under
         self.files: Dict[str, int] = {}  # each file's size
         self.code: Dict[str, bytes] = {}  # code/ files, for the code check
         self._code_budget = MAX_CODE_CHECK_BYTES
@@ -5338,18 +5408,17 @@ class _PackageReview:
             )
         if any(len(piece.encode("utf-8")) > MAX_NAME_BYTES for piece in name.split("/")):
             self.add("FAIL", "safety", name, f"has a path component over {MAX_NAME_BYTES} bytes")
-        if member.mode & (stat.S_ISUID | stat.S_ISGID):
+        special = [what for bit, what in SPECIAL_MODE_BITS if member.mode & bit]
+        if special:
             self.add(
                 "FAIL",
                 "safety",
                 name,
-                f"has the setuid or setgid bit (mode {member.mode:o}); repack it with plain modes",
+                f"is {' and '.join(special)} (mode {member.mode:04o}); repack it with plain "
+                "modes (0644, 0755)",
             )
         is_dir = member.kind == "dir"
-        if name in self.names and not (is_dir and self.names[name]):  # a directory again is fine
-            self.add(
-                "FAIL", "safety", name, "appears twice; which one extracts depends on the tool"
-            )
+        self._check_name_conflicts(name, is_dir, member.kind)
         self.names[name] = is_dir
         if name and self.excludes.pattern_for(name, is_dir) is not None:
             self.add(
@@ -5364,7 +5433,32 @@ class _PackageReview:
             self.files[name] = member.size
             digest = self._read_file(reader, member, name)
         if self.report is not None and name:
-            self._compare(name, "dir" if is_dir else "file", member.size, digest)
+            self._compare(name, "dir" if is_dir else "file", member.size, member.mode, digest)
+
+    def _check_name_conflicts(self, name: str, is_dir: bool, kind: str) -> None:
+        """FAIL where tar would fail or guess: a name twice (but a directory), a file where a
+        directory must be, a file with no name (".", or an empty PAX path)."""
+        if not name and kind != "dir":
+            self.add("FAIL", "safety", name, "is a file with no name ('.' or an empty path)")
+            return
+        if name in self.names and not (is_dir and self.names[name]):  # a directory again is fine
+            self.add(
+                "FAIL", "safety", name, "appears twice; which one extracts depends on the tool"
+            )
+        elif not is_dir and name in self._parents:
+            self.add("FAIL", "safety", name, "is a file where the package has a directory")
+        parent = name.rpartition("/")[0]
+        while parent:
+            if self.names.get(parent) is False:
+                self.add(
+                    "FAIL",
+                    "safety",
+                    name,
+                    f"is under {parent}, which is a file; GNU tar refuses to extract it",
+                )
+                return
+            self._parents.add(parent)
+            parent = parent.rpartition("/")[0]
 
     def _read_file(self, reader: TarReader, member: TarMember, name: str) -> Optional[str]:
         """Read a file's bytes once: screened (its name too), its SHA-256 taken for a report,
@@ -5386,11 +5480,17 @@ class _PackageReview:
             self.code[name] = b"".join(kept)
         return None if digest is None else digest.hexdigest()
 
-    def _compare(self, name: str, kind: str, size: int, sha256: Optional[str]) -> None:
-        """--expect-report: the member must be in the report with the same type, size, digest."""
+    def _compare(self, name: str, kind: str, size: int, mode: int, sha256: Optional[str]) -> None:
+        """--expect-report: the member must be in the report with the same type, size, mode
+        and digest."""
         assert self.report is not None
         want = self.report.get(name)
-        found = {"type": kind, "size": size if kind == "file" else 0, "sha256": sha256}
+        found = {
+            "type": kind,
+            "size": size if kind == "file" else 0,
+            "mode": f"{mode:04o}",
+            "sha256": sha256,
+        }
         if want is None:
             self.add("FAIL", "report", name, "is in the package but not in the report")
             return
@@ -5410,14 +5510,16 @@ class _PackageReview:
         """The layout checks on the package's root and code/, once every member is read."""
         code = [name[len(CODE_DIR) + 1 :] for name in self.files if name.startswith("code/")]
         model = [name for name in self.files if not name.startswith(("code/", "calibration/"))]
-        if model and all(name.endswith(ARCHIVE_SUFFIXES) for name in model):
+        archives = _only_archives(model)
+        if archives is not None:
+            message = f"the package {archives}; package what one of them holds instead"
+            self.add("WARN", "layout", "", message)
+        calibration = [name for name in self.files if name.startswith(CALIBRATION_DIR + "/")]
+        too_deep = _calibration_too_deep(calibration)
+        if too_deep is not None:
+            fix = f"repack it with {CALIBRATION_DIR}/ holding what its {CALIBRATION_DIR}/ holds"
             self.add(
-                "WARN",
-                "layout",
-                "",
-                "its model files are all archives "
-                f"({', '.join(model[:5])}): hosting does not unpack them; package what "
-                "one of them holds instead",
+                "WARN", "layout", f"{CALIBRATION_DIR}/{CALIBRATION_DIR}/", f"{too_deep}; {fix}"
             )
         folder = _one_top_folder(model) if model else None
         if folder is not None:
@@ -5450,6 +5552,42 @@ class _PackageReview:
             self.record(finding)
 
 
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _report_members(report: Mapping[str, Any]) -> Dict[str, Mapping[str, Any]]:
+    """A package.json's members by name, each checked to be what the job writes: a
+    malformed report is a PackagingError, never a wrong verdict."""
+
+    def malformed(what: str) -> PackagingError:
+        return PackagingError(f"the report is malformed: {what}; give the job's package.json")
+
+    if not isinstance(report.get("sha256"), str) or not _HEX_SHA256.fullmatch(report["sha256"]):
+        raise malformed("it has no package sha256 of 64 hex digits")
+    entries = report.get("members")
+    if not isinstance(entries, list):
+        raise malformed("it has no member list")
+    members: Dict[str, Mapping[str, Any]] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise malformed(f"member {index} is not an object")
+        name, digest = entry.get("name"), entry.get("sha256")
+        if not isinstance(name, str):
+            raise malformed(f"member {index}'s name is not a string")
+        shape = (
+            entry.get("type") in ("file", "dir")
+            and type(entry.get("size")) is int
+            and isinstance(entry.get("mode"), str)
+            and (digest is None or (isinstance(digest, str) and _HEX_SHA256.fullmatch(digest)))
+        )
+        if not shape:
+            raise malformed(f"member {_escape(name)!r} is not a type, size, mode and sha256")
+        if name in members:
+            raise malformed(f"it lists {_escape(name)!r} twice")
+        members[name] = entry
+    return members
+
+
 def check_package(
     path: Union[str, Path],
     expect_sha256: Optional[str] = None,
@@ -5473,9 +5611,10 @@ def check_package(
     serving_python = _check_serving_python(options.serving_python)
     _check_smoke_options(options)
     members = None
+    expected = {"--expect-sha256": expect_sha256} if expect_sha256 is not None else {}
     if expect_report is not None:
-        members = {entry["name"]: entry for entry in expect_report.get("members", ())}
-        expect_sha256 = expect_sha256 or expect_report.get("sha256")
+        members = _report_members(expect_report)
+        expected["the report"] = expect_report["sha256"]
     review = _PackageReview(entry_point, members)
     real = os.path.realpath(path)  # the file a symlink names: it is opened without following
     with open(_open_regular(real, None), "rb", buffering=0) as raw:
@@ -5506,14 +5645,10 @@ def check_package(
         while hashed.read(IO_BLOCK_SIZE):  # the rest, where reading stopped at a fault
             pass
     digest = hashed.sha256.hexdigest()
-    if expect_sha256 is not None:
-        same = expect_sha256.lower() == digest
-        review.add(
-            "PASS" if same else "FAIL",
-            "sha256",
-            "",
-            f"expected {expect_sha256}" + ("" if same else f", found {digest}"),
-        )
+    for source, want in expected.items():
+        same = want.lower() == digest
+        found = "" if same else f", found {digest}"
+        review.add("PASS" if same else "FAIL", "sha256", "", f"{source}: {want}{found}")
     smoke = None
     if options.smoke_test and not any(
         f.check == "integrity" for f in review.findings if f.level == "FAIL"
@@ -6865,13 +7000,13 @@ def _positive_int(text: str) -> int:
 
 
 def _read_report(path: Path) -> Dict[str, Any]:
-    """A package.json, as --expect-report reads it."""
+    """A package.json, as --expect-report reads it (check_package checks what it holds)."""
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise PackagingError(f"the report {path} is not JSON ({exc})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("members"), list):
-        raise PackagingError(f"the report {path} has no member list: give a package.json")
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's depth
+        raise PackagingError(f"the report {path} is not JSON ({type(exc).__name__})") from None
+    if not isinstance(report, dict):
+        raise PackagingError(f"the report {path} is not a package.json: give the job's report")
     return report
 
 

@@ -238,7 +238,8 @@ def test_expect_report_names_a_member_the_package_lacks(job: Job) -> None:
     packaged_with_report(job)
     report_path = job.tmp / "report" / "package.json"
     report = json.loads(report_path.read_text())
-    report["members"].append({"name": "extra.bin", "type": "file", "size": 1, "sha256": "0" * 64})
+    extra = {"name": "extra.bin", "type": "file", "size": 1, "mode": "0644", "sha256": "0" * 64}
+    report["members"].append(extra)
     report_path.write_text(json.dumps(report))
     result = run_cli("--verify", job.package, "--expect-report", report_path)
     assert result.returncode == 1

@@ -98,9 +98,9 @@ def test_a_package_of_this_script_passes_with_its_own_sha256(job: Job) -> None:
     job.main()
     digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
     code, lines = verify(job.package, "--expect-sha256", digest.upper())
-    assert code == 0 and f"PASS sha256: expected {digest}" in lines
+    assert code == 0 and f"PASS sha256: --expect-sha256: {digest}" in lines
     code, lines = verify(job.package, "--expect-sha256", "0" * 64)
-    assert code == 1 and lines_at("FAIL", lines)[0].startswith("FAIL sha256: expected 000")
+    assert code == 1 and lines_at("FAIL", lines)[0].startswith("FAIL sha256: --expect-sha256: 000")
 
 
 UNSAFE = {
@@ -110,7 +110,10 @@ UNSAFE = {
     "device": ([info("dev", type=tarfile.CHRTYPE)], "is a character device"),
     "dotdot": ([info("../escape.bin", b"x")], "absolute or '..' name"),
     "absolute": ([info("/abs.bin", b"x")], "absolute or '..' name"),
-    "setuid": ([info("tool.bin", b"x", mode=0o4755)], "setuid or setgid"),
+    "setuid": ([info("tool.bin", b"x", mode=0o4755)], "is setuid (mode 4755)"),
+    "setgid": ([info("tool.bin", b"x", mode=0o2755)], "is setgid (mode 2755)"),
+    "sticky": ([info("shared", type=tarfile.DIRTYPE, mode=0o1777)], "is sticky"),
+    "world-writable": ([info("tool.bin", b"x", mode=0o777)], "is writable by anyone"),
     "duplicate": ([info("xgboost_model.bst", b"again")], "appears twice"),
     "credentials-by-name": (
         [info("code/.env", b"TOKEN=x\n")],
@@ -143,7 +146,7 @@ WARNED = {
     "no-entry-point": ({"m.bst": b"b", "code/serve.py": ""}, "code/ has no inference.py"),
     "code-at-the-root": ({"m.bst": b"b", "inference.py": ""}, "code at the root and no code/"),
     "junk": ({**GOOD, "code/__pycache__/x.pyc": b"\0"}, "default excludes leave out"),
-    "only-archives": ({"model-v1.tar.gz": b"x", "code/inference.py": ""}, "all archives"),
+    "only-archives": ({"model-v1.tar.gz": b"x", "code/inference.py": ""}, "holds only archives"),
 }
 
 
