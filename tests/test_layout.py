@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import (
     CODE,
+    MODEL,
     Job,
     archive_tree,
     assert_refused,
     files_of,
     make_archive,
     read_package,
+    run_cli,
     tar_member,
     write_tree,
 )
@@ -384,3 +386,78 @@ def test_a_run_ends_with_one_line_that_says_the_package_was_verified(job: Job) -
     digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
     assert f" INFO verified: {job.package.resolve()} holds 3 members" in last
     assert last.endswith(f"sha256 {digest}")
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("../model/x.bin", "climbs out through '..'"),
+        ("model/../../x.bin", "climbs out through '..'"),
+        ("/model/x.bin", "has an absolute path"),
+    ],
+)
+def test_strip_components_refuses_what_it_would_strip_away(job: Job, name: str, said: str) -> None:
+    """GNU tar refuses "Member name contains '..'" whether or not it strips: so does the job."""
+    make_archive(
+        job.model / "model.tar.gz", [tar_member("model/w.bin", b"w"), tar_member(name, b"x")]
+    )
+    for strip in (0, 1):
+        with pytest.raises(mims_package.PackagingError, match=said):
+            job.main(strip_components=strip)
+        assert job.leftovers() == []
+
+
+def test_a_hard_link_target_that_climbs_out_is_refused_under_strip_components(job: Job) -> None:
+    members = [
+        tar_member("model/w.bin", b"w"),
+        tar_member("model/l.bin", type=tarfile.LNKTYPE, linkname="../model/w.bin"),
+    ]
+    make_archive(job.model / "model.tar.gz", members)
+    with pytest.raises(mims_package.PackagingError, match=r"climbs out through '\.\.'"):
+        job.main(strip_components=1)
+
+
+def test_apple_double_files_are_left_out_and_hide_no_wrapping_folder(job: Job) -> None:
+    """tar on a Mac adds ._model beside model/: left out, the folder is still the only one."""
+    trained = write_tree(
+        job.tmp / "trained",
+        {"model/w.bin": b"w", "._model": b"\x00\x05\x16\x07", "model/._w.bin": b"x"},
+    )
+    archive_tree(trained, job.model / "model.tar.gz")
+    write_tree(job.script, {"inference.py": CODE["inference.py"]})
+    result = job.cli()
+    assert result.returncode == 0, result.stdout
+    (warning,) = warnings_in(result.stdout)
+    assert "every model file is under one folder, model/" in warning
+    assert set(files_of(job.package)) == {"model/w.bin", "code/inference.py"}
+
+
+def test_a_calibration_dir_one_level_too_deep_warns_with_the_fix(job: Job) -> None:
+    write_tree(job.model, MODEL)
+    write_tree(job.script, {"inference.py": CODE["inference.py"]})
+    calibration = write_tree(job.tmp / "cal", {"calibration/calibration_model.pkl": b"c"})
+    result = job.cli("--calibration-dir", calibration)
+    (warning,) = warnings_in(result.stdout)
+    assert "every calibration file is under calibration/calibration/" in warning
+    assert "serves uncalibrated scores" in warning
+    assert f"pass --calibration-dir {calibration}/calibration" in warning
+    verified = run_cli("--verify", job.package)
+    assert (
+        "WARN layout: calibration/calibration/: every calibration file is under" in verified.stdout
+    )
+    write_tree(calibration, {"summary.json": "{}"})  # not every file: a real layout
+    assert warnings_in(job.cli("--calibration-dir", calibration).stdout) == []
+
+
+def test_a_model_archive_of_archives_alone_warns_as_verify_does(job: Job) -> None:
+    inner = archive_tree(write_tree(job.tmp / "inner", MODEL), job.tmp / "inner.tar.gz")
+    trained = write_tree(job.tmp / "trained", {"model-v1.tar.gz": inner.read_bytes()})
+    archive_tree(trained, job.model / "model.tar.gz")
+    write_tree(job.script, {"inference.py": CODE["inference.py"]})
+    result = job.cli()
+    assert result.returncode == 0, result.stdout
+    (warning,) = warnings_in(result.stdout)
+    said = "the model holds only archives (model-v1.tar.gz): hosting does not unpack them"
+    assert said in warning
+    verified = run_cli("--verify", job.package)
+    assert "WARN layout: the package holds only archives (model-v1.tar.gz)" in verified.stdout

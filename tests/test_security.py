@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from conftest import (
     without_data_filter,
     write_tree,
 )
+
+import mims_package
 
 SYM, HARD = tarfile.SYMTYPE, tarfile.LNKTYPE
 
@@ -311,3 +314,24 @@ def test_a_hard_link_to_an_excluded_file_gets_its_bytes(job: Job) -> None:
     job.main()
     assert files_of(job.package) == {"model.bin": b"m", "kept.bin": b"cached bytes"}
     assert job.leftovers() == []
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_a_decompression_bomb_is_refused_past_the_ratio(
+    job: Job, compression: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past DECODE_RATIO_AFTER decoded, at most MAX_DECODE_RATIO bytes a compressed byte.
+
+    The bound is lowered to 1 MiB here, so that 16 MiB of zeros (a ratio over 1,000 in
+    every format) stands for the 3 KB .tar.bz2 that decodes to 4.3 GB."""
+    monkeypatch.setattr(mims_package, "DECODE_RATIO_AFTER", 1 << 20)
+    zeros = [tar_member("zeros.bin", bytes(16 << 20))]
+    archive = make_archive(job.model / "model.tar.gz", zeros, compression=compression)
+    with pytest.raises(mims_package.PackagingError, match="decodes to more than 200 times"):
+        job.main()
+    assert job.leftovers() == []
+    checked = mims_package.check_package(archive)
+    assert any("decodes to more than 200 times" in f.message for f in checked.findings)
+    noise = [tar_member("noise.bin", os.urandom(4 << 20)), tar_member("zeros.bin", bytes(1 << 19))]
+    make_archive(job.model / "model.tar.gz", noise, compression=compression)
+    job.main()  # real data, past the first MiB: well within the ratio

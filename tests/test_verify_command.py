@@ -293,3 +293,79 @@ def test_json_is_one_object_when_a_stop_ends_it(tmp_path: Path) -> None:
         "status": "error",
         "error": "stopped by SIGTERM",
     }
+
+
+CONFLICTS = {
+    "file-then-under-it": [info("m.bst", b"m"), info("a", b"x"), info("a/b", b"y")],
+    "under-it-then-file": [info("m.bst", b"m"), info("a/b", b"y"), info("a", b"x")],
+    "file-named-dot": [info("m.bst", b"m"), info(".", b"x")],
+    "empty-pax-path": [info("m.bst", b"m"), info("x", b"x", pax_headers={"path": ""})],
+}
+
+
+@pytest.mark.parametrize("kind", CONFLICTS)
+def test_names_gnu_tar_refuses_fail_as_the_job_refuses_them(tmp_path: Path, kind: str) -> None:
+    package = tar_with(tmp_path / "p.tar.gz", CONFLICTS[kind])
+    code, lines = verify(package)
+    assert code == 1 and [line for line in lines_at("FAIL", lines) if "safety" in line], lines
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(package, model / "model.tar.gz")
+    result = run_cli("--model-dir", model, "--output-dir", tmp_path / "out")
+    assert result.returncode == 1  # the job refuses it too
+
+
+def reported(job: Job) -> tuple[Path, dict[str, Any]]:
+    write_tree(job.model, {"xgboost_model.bst": b"b"})
+    write_tree(job.script, {"inference.py": "def model_fn(d): pass\n"})
+    assert job.cli("--report-dir", job.tmp / "report").returncode == 0
+    path = job.tmp / "report" / "package.json"
+    return path, json.loads(path.read_text())
+
+
+def test_expect_report_checks_its_own_sha256_beside_expect_sha256(job: Job) -> None:
+    path, report = reported(job)
+    digest = report["sha256"]
+    report["sha256"] = "0" * 64
+    path.write_text(json.dumps(report))
+    code, lines = verify(job.package, "--expect-report", path, "--expect-sha256", digest)
+    assert code == 1
+    assert f"PASS sha256: --expect-sha256: {digest}" in lines
+    assert any(line.startswith("FAIL sha256: the report: 000") for line in lines), lines
+
+
+def test_expect_report_compares_modes(job: Job) -> None:
+    path, report = reported(job)
+    member = next(m for m in report["members"] if m["name"] == "code/inference.py")
+    member["mode"] = "0755"
+    path.write_text(json.dumps(report))
+    code, lines = verify(job.package, "--expect-report", path)
+    assert code == 1
+    said = "FAIL report: code/inference.py: differs from the report: mode 0755 in the report"
+    assert f"{said}, 0644 here" in lines
+
+
+MALFORMED = {
+    "no-sha256": lambda r: r.pop("sha256"),
+    "member-twice": lambda r: r["members"].append(dict(r["members"][-1])),
+    "member-not-an-object": lambda r: r["members"].append("x.bin"),
+    "name-not-a-string": lambda r: r["members"][0].update(name=7),
+    "digest-a-number": lambda r: r["members"][-1].update(sha256=12),
+    "no-members": lambda r: r.pop("members"),
+}
+
+
+@pytest.mark.parametrize("kind", [*MALFORMED, "deep-nesting", "not-json"])
+def test_a_malformed_report_is_one_clean_error(job: Job, kind: str) -> None:
+    path, report = reported(job)
+    if kind == "deep-nesting":
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    elif kind == "not-json":
+        path.write_text("{")
+    else:
+        MALFORMED[kind](report)
+        path.write_text(json.dumps(report))
+    result = run_cli("--verify", job.package, "--expect-report", path, "--json", merged=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    said = json.loads(result.stdout)
+    assert said["status"] == "error" and said["error"].startswith("the report ")
