@@ -8,6 +8,8 @@ unless MIMS_REQUIRE_PYTHONS lists it (as CI does): then it is a failure.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import json
 import os
@@ -32,6 +34,8 @@ from conftest import (
     walk,
     write_tree,
 )
+
+import mims_package
 
 PYTHONS = find_pythons()
 REQUIRED = {v.strip() for v in os.environ.get("MIMS_REQUIRE_PYTHONS", "").split(",") if v.strip()}
@@ -321,3 +325,54 @@ def test_large_file_headers_are_byte_identical_on_every_interpreter() -> None:
             assert result.returncode == 0, result.stderr
             digests[version] = result.stdout.strip()
     assert len(digests) >= 1 and len(set(digests.values())) == 1, digests
+
+
+def global_size_header() -> bytes:
+    records = mims_package._pax_record(b"size", b"512")
+    pax = mims_package._ustar_block(b"././@PaxHeader", b"g", len(records), 0, 0)
+    member = mims_package.member_header("a.bin", False, 10, 0o644, 0) + b"A" * 10 + bytes(502)
+    return gzip.compress(pax + records + bytes(-len(records) % 512) + member + bytes(1024))
+
+
+# The third red team's cases, as they were built; each (what to give the job, what it says).
+ROUND_THREE = {
+    "global-size": "its PAX global header sets 'size'",
+    "root-credentials": ".env: its name marks a credentials file",
+    "strip-components-escape": "climbs out through '..'",
+    "report-dir-in-an-input": "is inside the input",
+    "bomb": "decodes to more than 200 times",
+}
+
+
+@pytest.mark.parametrize("version", ["3.7", "3.11", "3.13"])
+@pytest.mark.parametrize("case", sorted(ROUND_THREE))
+def test_the_third_red_teams_cases_are_refused_on_every_python(
+    version: str, case: str, tmp_path: Path
+) -> None:
+    python = python_for(version)
+    model, script, out = tmp_path / "model", tmp_path / "script", tmp_path / "out"
+    model.mkdir()
+    write_tree(script, {"inference.py": "def model_fn(d): pass\n"})
+    extra: list[object] = []
+    if case == "global-size":
+        (model / "model.tar.gz").write_bytes(global_size_header())
+    elif case == "root-credentials":  # a training tar made from a repository root
+        trained = write_tree(tmp_path / "repo", {"w.bin": b"w", ".env": "AWS_PROFILE=prod\n"})
+        files = [tar_member(path.name, path.read_bytes()) for path in sorted(trained.iterdir())]
+        make_archive(model / "model.tar.gz", files)
+    elif case == "strip-components-escape":
+        members = [tar_member("m/w.bin", b"w"), tar_member("../m/x.bin", b"x")]
+        make_archive(model / "model.tar.gz", members)
+        extra = ["--strip-components", "1"]
+    elif case == "report-dir-in-an-input":
+        write_tree(model, {"w.bin": b"w"})
+        extra = ["--report-dir", script]
+    else:  # 1.25 GiB of zeros in a few KB: bzip2 streams, one after another, as bzip2 -d reads
+        zeros = bz2.compress(bytes(64 << 20))
+        header = mims_package.member_header("zeros.bin", False, 20 * (64 << 20), 0o644, 0)
+        bomb = bz2.compress(header) + zeros * 20 + bz2.compress(bytes(1024))
+        (model / "model.tar.gz").write_bytes(bomb)
+    result = run(python, "--model-dir", model, "--script-dir", script, "--output-dir", out, *extra)
+    error = assert_one_error(result)
+    assert ROUND_THREE[case] in error
+    assert not out.exists() and list(script.iterdir()) == [script / "inference.py"]
