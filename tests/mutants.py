@@ -915,6 +915,124 @@ MUTANTS = [
         ],
         GZIP,
     ),
+    # Untrusted inputs, round three: each new rule narrowed to the case a lazy test would use.
+    Mutant(
+        "global header: only a path record refused",
+        [
+            (
+                'GLOBAL_REFUSED = (b"path", b"linkpath", b"size", b"hdrcharset", b"GNU.dumpdir")',
+                'GLOBAL_REFUSED = (b"path",)',
+            )
+        ],
+        ["tests/test_tar_compat.py"],
+    ),
+    Mutant(
+        "names: only members counted, not the characters of their names",
+        [("        self.characters += len(name) + len(link)\n", "")],
+        ["tests/test_bounds.py"],
+    ),
+    Mutant(
+        "names: --verify not bounded",
+        [("        self._names.add(member.name, member.linkname)\n", "")],
+        ["tests/test_bounds.py"],
+    ),
+    Mutant(
+        "copy budget: loose hard links free",
+        [("                        if key in linked:\n", "                        if False:\n")],
+        ["tests/test_bounds.py"],
+    ),
+    Mutant(
+        "copy budget: sparse holes free",
+        [("                    budget.add(_holes(info))\n", "")],
+        ["tests/test_bounds.py"],
+    ),
+    Mutant(
+        "paths: a report dir inside an input allowed",
+        [
+            (
+                '    destinations = {"output": output, "work": explicit_work, "report": report}',
+                '    destinations = {"output": output, "work": explicit_work}',
+            )
+        ],
+        ["tests/test_inputs.py", "tests/test_evidence.py"],
+    ),
+    Mutant(
+        "verify: sticky and world-writable modes pass",
+        [('    (stat.S_ISVTX, "sticky"),\n    (stat.S_IWOTH, "writable by anyone"),\n', "")],
+        VERIFY,
+    ),
+    Mutant(
+        "verify: a member under a file passes",
+        [("            if self.names.get(parent) is False:", "            if False:")],
+        VERIFY,
+    ),
+    Mutant(
+        "expect-report: modes not compared",
+        [('            "mode": f"{mode:04o}",\n', "")],
+        VERIFY,
+    ),
+    Mutant(
+        "expect-report: the report's digest ignored beside --expect-sha256",
+        [
+            (
+                '        expected["the report"] = expect_report["sha256"]',
+                '        expected.setdefault("the report", expect_report["sha256"])\n'
+                "        expected = dict(list(expected.items())[:1])",
+            )
+        ],
+        VERIFY,
+    ),
+    Mutant(
+        "expect-report: a member listed twice accepted",
+        [("        if name in members:\n", "        if False:\n")],
+        VERIFY,
+    ),
+    Mutant(
+        "strip-components: an absolute name stripped away",
+        [
+            (
+                '        if name.startswith("/"):\n',
+                "        if False:\n",
+            )
+        ],
+        LAYOUT,
+    ),
+    Mutant(
+        "decode ratio: bzip2 only",
+        [
+            (
+                "                self._check_ratio(len(out))",
+                '                if self._magic == b"BZh":\n'
+                "                    self._check_ratio(len(out))",
+            )
+        ],
+        ["tests/test_security.py"],
+    ),
+    Mutant(
+        "signals: SIGHUP not answered",
+        [
+            (
+                "STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)",
+                "STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)",
+            )
+        ],
+        ["tests/test_signals.py"],
+    ),
+    Mutant(
+        "excludes: AppleDouble files ship",
+        [('    "._*",  # macOS AppleDouble files, beside every file copied from a Mac\n', "")],
+        LAYOUT,
+    ),
+    Mutant(
+        "layout: calibration one level too deep not said in the job",
+        [
+            (
+                "    calibration = _calibration_too_deep(",
+                "    calibration = None and _calibration_too_deep(",
+            )
+        ],
+        LAYOUT,
+    ),
     # Will it serve: each rule of the code check narrowed to the case a lazy test would use.
     Mutant(
         "code check: a syntax error in an imported module only warns",
