@@ -96,6 +96,7 @@ import fnmatch
 import functools
 import gc
 import hashlib
+import heapq
 import importlib.util
 import inspect
 import json
@@ -191,6 +192,10 @@ WEIGHT_SUFFIXES = (
     ".h5", ".hdf5", ".keras", ".pb", ".ckpt", ".model", ".npy", ".npz", ".cbm", ".gguf",
     ".tflite", ".params", ".xgb", ".lgb",
 )  # fmt: skip
+# Data in code/ (every file but these kinds) that warns: the containers copy code/ at start.
+CODE_TEXT_SUFFIXES = (".py", ".txt", ".json", ".yaml", ".yml")
+MAX_CODE_DATA = 10_000_000  # bytes of such files in all
+MAX_CODE_DATA_FILE = 5_000_000  # bytes of one such file
 BINARY_PROBE_SIZE = 8 << 10
 MAX_BINARY_PROBES = 64  # code files read to tell whether they are model files
 DEFAULT_COMPRESSION_LEVEL = 6
@@ -607,9 +612,10 @@ class _Facts:
 SUMMARY_KEYS = (
     "sha256",
     "package_bytes",
-    "input_bytes",
+    "content_bytes",
     "ratio",
-    "members",
+    "files",
+    "directories",
     "excluded",
     "threads",
     "level",
@@ -1831,10 +1837,12 @@ class _HashingReader:
     def __init__(self, raw: "_Readable", sha256: Optional[Any] = None) -> None:
         self._raw = raw
         self.sha256 = hashlib.sha256() if sha256 is None else sha256
+        self.size = 0
 
     def read(self, size: int) -> bytes:
         data = self._raw.read(size)
         self.sha256.update(data)
+        self.size += len(data)
         return data
 
 
@@ -1875,35 +1883,37 @@ def _first_decoded_block_if_whole(raw: IO[bytes], compression: str) -> bytes:
     return first
 
 
-def check_is_tar(archive: Path) -> int:
-    """Refuse a model archive that is not tar, plain or compressed, saying what it is instead.
+def check_is_tar(archive: Path, noun: str = "model archive") -> int:
+    """Refuse a file that is not a tar archive, plain or compressed, saying what it is instead.
 
-    Returns the archive's stamp: extraction must find the file unchanged.
+    noun is what the file is to the user (a model archive; a package to --verify).
+    Returns the file's stamp: extraction must find the file unchanged.
     """
-    with _os_errors("reading the model archive", archive), open(
+    with _os_errors(f"reading the {noun}", archive), open(
         _open_regular(os.fspath(archive), None), "rb"
     ) as raw:
         stamp = _stamp(os.fstat(raw.fileno()))
         head = raw.read(BLOCK_SIZE)
         raw.seek(0)
         compression = _compression(head)
-        with _bad_data(functools.partial(_corrupt, archive)):
+        with _bad_data(functools.partial(_corrupt, archive, noun=noun)):
             first = _first_decoded_block_if_whole(raw, compression) if compression else head
     if not head:
         raise PackagingError(
-            f"model archive {archive} is empty (0 bytes); check that the training job's "
-            "model.tar.gz was written and uploaded in full"
+            f"{noun} {archive} is empty (0 bytes); check that it was written and uploaded in full"
         )
     if _is_tar_header(first) or (len(first) == BLOCK_SIZE and not first.strip(b"\0")):
         return stamp
     what = next((name for magic, name in OTHER_FORMATS if head.startswith(magic)), None)
     if compression is not None:
         what = f"{compression}-compressed, but what it holds is not a tar archive (one file?)"
+    elif what is None and head.lstrip()[:1] in (b"{", b"["):
+        what = "a JSON file, not a tar archive"
     elif what is None:
         what = f"not a tar archive (it starts with {head[:8]!r})"
     else:
         what += ", not a tar archive"
-    raise PackagingError(f"model archive {archive} is {what}; SageMaker needs a tar.gz: {REPACK}")
+    raise PackagingError(f"{noun} {archive} is {what}; SageMaker needs a tar.gz: {REPACK}")
 
 
 class _ReadAhead(_ContextManager):
@@ -2419,13 +2429,13 @@ def read_archive(
     extractor.finish()
 
 
-def _corrupt(archive: Path, exc: BaseException) -> PackagingError:
-    """The message for a model archive that cannot be read: refused, or corrupt."""
+def _corrupt(archive: Path, exc: BaseException, noun: str = "model archive") -> PackagingError:
+    """The message for an archive that cannot be read: refused, or corrupt."""
     if isinstance(exc, UnsupportedArchive):
-        return PackagingError(f"model archive {archive} holds what is refused: {exc}")
+        return PackagingError(f"{noun} {archive} holds what is refused: {exc}")
     what = str(exc) if isinstance(exc, ArchiveError) else f"{type(exc).__name__}: {exc}"
     return PackagingError(
-        f"model archive {archive} is corrupt or truncated ({what}); upload it again or rebuild it"
+        f"{noun} {archive} is corrupt or truncated ({what}); upload it again or rebuild it"
     )
 
 
@@ -3055,12 +3065,30 @@ def _check_layout(
         if archives is not None:
             _warn("layout", "", f"the model {archives}; package what one of them holds instead")
     _warn_one_top_folder(model, inputs)
+    data = _data_in_code({member.name: member.size for member in code})
+    if data is not None:
+        _warn("layout", CODE_DIR + "/", data)
     calibration = _calibration_too_deep([member.name for member in parts[CALIBRATION_DIR]])
     if calibration is not None:
         fix = f"pass --calibration-dir {inputs.calibration}/{CALIBRATION_DIR}"
         _warn("layout", f"{CALIBRATION_DIR}/{CALIBRATION_DIR}/", f"{calibration}; {fix}")
     if code:
         _check_entry_point_present(code, entry_point)
+
+
+def _data_in_code(code_files: Mapping[str, int]) -> Optional[str]:
+    """What is wrong when code/ holds large data (names relative to the package)."""
+    data = {n: size for n, size in code_files.items() if not n.endswith(CODE_TEXT_SUFFIXES)}
+    large = sorted(n for n, size in data.items() if size > MAX_CODE_DATA_FILE)
+    total = sum(data.values())
+    if total <= MAX_CODE_DATA and not large:
+        return None
+    named = large or sorted(data, key=lambda n: -data[n])
+    return (
+        f"code/ holds {_human(total)} of files that are not code ({', '.join(named[:5])}): the "
+        "serving containers copy code/ and pip install it at every start; put data in the "
+        "model (the package's root) and open it from model_fn"
+    )
 
 
 def _only_archives(model_names: Sequence[str]) -> Optional[str]:
@@ -3173,6 +3201,13 @@ def _missing_entry_point(code_names: Sequence[str], name: str) -> Optional[str]:
         f"code/ has no {name}, the entry point that SAGEMAKER_PROGRAM names{found}: the "
         f"endpoint would not start"
     )
+
+
+NO_CODE = (
+    f"the package has no code/: the serving containers import code/{DEFAULT_ENTRY_POINT} "
+    "(SAGEMAKER_PROGRAM), and without it serve a default handler or none; put the inference "
+    "code in the script dir"
+)
 
 
 def _check_entry_point_present(code: List[Member], entry_point: Optional[str]) -> None:
@@ -5322,12 +5357,16 @@ def _remove_throwaway(directory: Path) -> None:
 
 
 class PackageCheck(NamedTuple):
-    """What --verify found in a package: its SHA-256, members, bytes and findings."""
+    """What --verify found in a package: its SHA-256, its files (every member but the
+    directories) and directories, its size (gzip) and its contents' bytes, and findings."""
 
     package: str
     sha256: str
-    members: int
-    bytes: int
+    compression: str  # gzip, bzip2, xz, or plain tar
+    files: int
+    directories: int
+    package_bytes: int
+    content_bytes: int
     findings: List[Finding]
     smoke_test: Optional[SmokeResult] = None  # None: not asked for, or not reached
 
@@ -5357,12 +5396,15 @@ class _PackageReview:
         self.findings: List[Finding] = []
         self.names: Dict[str, bool] = {}  # each name seen: whether it was a directory
         self._parents: Set[str] = set()  # every directory a name is under
+        # Each name looked at for the default excludes, as a directory or not: how many
+        # members it leaves out (0 or more), or -1 if it leaves out nothing.
+        self._excluded: Dict[Tuple[str, bool], int] = {}
         self.files: Dict[str, int] = {}  # each file's size
         self.code: Dict[str, bytes] = {}  # code/ files, for the code check
         self._code_budget = MAX_CODE_CHECK_BYTES
         self.screen = ContentScreen(False, record=self.record)
         self.excludes = Excludes(DEFAULT_EXCLUDES)
-        self.members = self.bytes = 0
+        self.file_count = self.directory_count = self.content_bytes = 0
         self._names = _NameBudget("the package")
         self._counts: Dict[Tuple[str, str], int] = {}  # findings of each level and check
 
@@ -5387,8 +5429,11 @@ class _PackageReview:
     def member(self, reader: TarReader, member: TarMember) -> None:
         """Check one member: what it is, its name and mode, and (code, calibration) its bytes."""
         self._names.add(member.name, member.linkname)
-        self.members += 1
-        self.bytes += member.size
+        if member.kind == "dir":
+            self.directory_count += 1
+        else:
+            self.file_count += 1
+        self.content_bytes += member.size
         name = "/".join(piece for piece in member.name.split("/") if piece not in ("", "."))
         if member.kind not in ("file", "dir"):
             what = f"a {member.kind}" + (f" to {member.linkname!r}" if member.linkname else "")
@@ -5420,20 +5465,42 @@ class _PackageReview:
         is_dir = member.kind == "dir"
         self._check_name_conflicts(name, is_dir, member.kind)
         self.names[name] = is_dir
-        if name and self.excludes.pattern_for(name, is_dir) is not None:
-            self.add(
-                "WARN",
-                "layout",
-                name,
-                "is what the default excludes leave out (VCS, "
-                "caches, OS litter): repack without it",
-            )
+        if name:
+            self._note_excluded(name, is_dir)
         digest = None
         if member.kind == "file":
             self.files[name] = member.size
             digest = self._read_file(reader, member, name)
         if self.report is not None and name:
             self._compare(name, "dir" if is_dir else "file", member.size, member.mode, digest)
+
+    def _note_excluded(self, name: str, is_dir: bool) -> None:
+        """Count a member the default excludes leave out under the topmost such name (a
+        __pycache__/ and what it holds are one finding)."""
+        parts = name.split("/")
+        for depth in range(1, len(parts)):  # the directories it is in, cached
+            prefix = "/".join(parts[:depth])
+            if (prefix, True) not in self._excluded:
+                left_out = self.excludes.pattern_for(prefix, True) is not None
+                self._excluded[prefix, True] = 0 if left_out else -1
+            if self._excluded[prefix, True] >= 0:
+                self._excluded[prefix, True] += 1
+                return
+        if self.excludes.pattern_for(name, is_dir) is not None:
+            self._excluded.setdefault((name, is_dir), 0)  # a directory: what is under it counts
+
+    def excluded(self) -> None:
+        """One WARN for each topmost name the default excludes leave out, with its count."""
+        for (name, is_dir), count in self._excluded.items():
+            if count >= 0:
+                under = f" ({count} members under it)" if count else ""
+                self.add(
+                    "WARN",
+                    "layout",
+                    name + ("/" if is_dir else ""),
+                    f"is what the default excludes leave out (VCS, caches, OS litter){under}: "
+                    "repack without it",
+                )
 
     def _check_name_conflicts(self, name: str, is_dir: bool, kind: str) -> None:
         """FAIL where tar would fail or guess: a name twice (but a directory), a file where a
@@ -5514,6 +5581,9 @@ class _PackageReview:
         if archives is not None:
             message = f"the package {archives}; package what one of them holds instead"
             self.add("WARN", "layout", "", message)
+        data = _data_in_code({n: size for n, size in self.files.items() if n.startswith("code/")})
+        if data is not None:
+            self.add("WARN", "layout", CODE_DIR + "/", data)
         calibration = [name for name in self.files if name.startswith(CALIBRATION_DIR + "/")]
         too_deep = _calibration_too_deep(calibration)
         if too_deep is not None:
@@ -5539,6 +5609,8 @@ class _PackageReview:
                 "code at the root and no code/: SageMaker's serving "
                 f"containers run code/{DEFAULT_ENTRY_POINT}; put the code under code/",
             )
+        else:
+            self.add("WARN", "layout", "", NO_CODE)
         if not model:
             self.add("FAIL", "layout", "", "the package holds no model files")
 
@@ -5620,7 +5692,13 @@ def check_package(
     with open(_open_regular(real, None), "rb", buffering=0) as raw:
         compression = _sniffed(raw)
         hashed = _HashingReader(raw)
+        label = compression or "plain tar"
         try:
+            try:
+                check_is_tar(Path(real), "package")  # not tar at all: say what it is instead
+            except PackagingError:
+                label = "not a tar archive"
+                raise
             with _bad_data(_undecodable), _ReadAhead(_decoding(hashed, compression)) as stream:
                 reader = TarReader(stream)
                 for member in reader.members():
@@ -5632,16 +5710,18 @@ def check_package(
             whole = f"{compression or 'plain tar'}: every header and the end marker whole"
             review.add("PASS", "integrity", "", whole)
             review.layout()
+            review.excluded()
             review.serving(serving_python)
             review.unreported_left()
             has_code = any(name.startswith(CODE_DIR + "/") for name in review.files)
             checks = ["safety", "credentials", "layout"]
             checks += [*CODE_CHECK_TESTS] if has_code else ["model files"]
-            if members:
-                checks.append("report")
             for check in checks:
                 if not any(finding.check == check for finding in review.findings):
                     review.add("PASS", check, "", "nothing found")
+            if members and not any(finding.check == "report" for finding in review.findings):
+                said = f"all {len(members)} members match the report"
+                review.add("PASS", "report", "", said)
         while hashed.read(IO_BLOCK_SIZE):  # the rest, where reading stopped at a fault
             pass
     digest = hashed.sha256.hexdigest()
@@ -5660,8 +5740,17 @@ def check_package(
         except PackagingError as exc:
             review.add("FAIL", "smoke test", "", str(exc))
     review.count_dropped()
-    checked = PackageCheck(os.fspath(path), digest, review.members, review.bytes, review.findings)
-    return checked._replace(smoke_test=smoke)
+    return PackageCheck(
+        os.fspath(path),
+        digest,
+        label,
+        review.file_count,
+        review.directory_count,
+        hashed.size,
+        review.content_bytes,
+        review.findings,
+        smoke,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -6047,6 +6136,51 @@ def _work_dir(explicit: Optional[Path], output_dir: Path, inputs: Tuple[Path, ..
     return explicit
 
 
+SPACE_SAMPLES = 8  # files sampled, the largest, to tell how well loose contents compress
+SPACE_SAMPLE_BYTES = 64 << 10
+
+
+def _smallest_package(members: List[Member], archive_size: Optional[int]) -> int:
+    """A size the package will not be smaller than, so that plainly too little space fails
+    at once: half the model archive's (its contents compressed already), or for loose
+    contents half what samples of the largest files say once compressed."""
+    if archive_size is not None:
+        return archive_size // 2
+    files = heapq.nlargest(SPACE_SAMPLES, (m for m in members if not m.is_dir), key=_SIZE)
+    sampled = compressed = 0
+    for member in files:
+        with contextlib.suppress(OSError, PackagingError):
+            fd = _open_regular(member.path, member.stamp)
+            try:
+                data = os.pread(fd, SPACE_SAMPLE_BYTES, member.size // 2)
+            finally:
+                os.close(fd)
+            sampled += len(data)
+            compressed += len(zlib.compress(data, 1))
+    ratio = compressed / sampled if sampled else 1.0
+    return int(sum(m.size for m in members) * ratio / 2)
+
+
+_SIZE = operator.attrgetter("size")
+
+
+def _check_space(directory: Path, needed: int, what: str) -> None:
+    """Fail at once where the volume holding directory is plainly too small for what a step
+    writes there, naming both figures and the fix where the job runs."""
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(directory).free
+        if free >= needed:
+            return
+        fix = (
+            "raise the processing job's volume_size_in_gb (VolumeSizeInGB)"
+            if _in_processing_job()
+            else "point --work-dir and --output-dir at a larger volume, or free up space"
+        )
+        raise PackagingError(
+            f"not enough space: {_human(free)} free at {directory}, less than {what}; {fix}"
+        )
+
+
 def _warn_replaced(model_root: Path, name: str, source: Path) -> None:
     """Warn that the model's own code/ or calibration/ gives way to the input for it."""
     replaced = model_root / name
@@ -6119,7 +6253,11 @@ def _extract_archive_for_plan(
     added: Mapping[str, Path],
 ) -> Callable[[], List[Member]]:
     """Extract the model archive into staging; return what plans its members from there."""
-    log.info("model archive: %s (%s)", archive, _human(archive.stat().st_size))
+    size = archive.stat().st_size
+    log.info("model archive: %s (%s)", archive, _human(size))
+    _check_space(
+        staging, size, f"the model archive's {_human(size)}, which it extracts to at least"
+    )
     model_root = staging / "extracted"
     model_root.mkdir()
     with _phase("extract") as phase, _os_errors("extracting the model archive", model_root):
@@ -6180,12 +6318,12 @@ def _read_archive_for_plan(
 def _log_inputs(inputs: Inputs) -> None:
     """Say which optional inputs are absent, and what they mean for the package."""
     if inputs.script is None:
-        _warn(
-            "inputs",
-            "",
-            f"no inference code in {os.path.abspath(inputs.given_script)}: the package has no "
-            "code/ unless the model brings one",
-        )
+        where = os.path.abspath(inputs.given_script)
+        said = f"no inference code in {where}"
+        absent = not os.path.exists(where)
+        if where == DEFAULT_SCRIPT_PATH and absent and not _in_processing_job():
+            said = f"no --script-dir was given (and the default, {where}, does not exist here)"
+        _warn("inputs", "", f"{said}: the package has no code/ unless the model brings one")
     if inputs.calibration is None:
         log.info(
             "no calibration in %s: the package has no calibration/ unless the model brings one",
@@ -6229,7 +6367,10 @@ def _check_and_log_members(
         )
     for name, files in parts.items():
         log.info("%s files: %d, %s", name, len(files), _human(sum(m.size for m in files)))
-    _record(members={name: len(files) for name, files in parts.items()})
+    _record(
+        files={name: len(files) for name, files in parts.items()},
+        directories=sum(member.is_dir for member in members),
+    )
     _check_layout(parts, inputs, entry_point)
     if inputs.archive is None:
         for member in model:
@@ -6578,6 +6719,9 @@ def _package(
             with _os_errors("reading the code", inputs.model), _MemberReader({}) as reader:
                 _check_code(members, reader, options)
             _fail_if_strict(options.strict, "writing")
+            archive_size = inputs.archive.stat().st_size if inputs.archive is not None else None
+            smallest = _smallest_package(members, archive_size)
+            _check_space(output, smallest, f"the {_human(smallest)} the package takes at least")
             final, digest, size, written = _write_and_verify(
                 members,
                 output,
@@ -6589,26 +6733,22 @@ def _package(
             )
     seconds = time.monotonic() - started
     bytes_in = sum(member.size for member in members)
+    files = sum(not member.is_dir for member in members)
     log.info(
-        "package %s: %d files, %s in, %s out, ratio %.3f, %.2f s, %.1f MB/s, sha256 %s",
+        "package %s, verified: %d files, %d directories; package %s (gzip), contents %s, "
+        "ratio %.3f; %.2f s, %.1f MB/s of contents; sha256 %s",
         final.resolve(),
-        sum(not member.is_dir for member in members),
-        _human(bytes_in),
+        files,
+        len(members) - files,
         _human(size),
+        _human(bytes_in),
         size / bytes_in if bytes_in else 1.0,
         seconds,
         bytes_in / seconds / 1e6,
         digest,
     )
-    log.info(
-        "verified: %s holds %d members, %s, sha256 %s",
-        final.resolve(),
-        len(members),
-        _human(size),
-        digest,
-    )
     ratio = round(size / bytes_in, 4) if bytes_in else 1.0
-    _record(sha256=digest, package_bytes=size, input_bytes=bytes_in, ratio=ratio)
+    _record(sha256=digest, package_bytes=size, content_bytes=bytes_in, ratio=ratio)
     result = PackageResult.of(final, digest, size, _files_by_part(members))
     if report is not None:
         try:
@@ -7045,13 +7185,13 @@ def _verify_command(args: argparse.Namespace) -> int:
     warnings = [finding.as_warning() for finding in result.findings if finding.level == "WARN"]
     if args.json:
         report = {**result._asdict(), "package": shown, "status": result.status}
-        report["findings"] = [finding._asdict() for finding in result.findings]
+        report["findings"] = [finding._asdict() for finding in _grouped(result.findings)]
         report["warnings"], report["warning_count"] = warnings, len(warnings)
         smoke = result.smoke_test
         report["smoke_test"] = smoke.summary() if smoke is not None else _smoke_status(result)
         _write_out(json.dumps(report, indent=2))
     else:
-        for finding in result.findings:
+        for finding in _grouped(result.findings):
             where = f"{finding.member}: " if finding.member else ""
             _write_out(_escape(f"{finding.level} {finding.check}: {where}{finding.message}"))
         counts = {
@@ -7059,9 +7199,10 @@ def _verify_command(args: argparse.Namespace) -> int:
         }
         _write_out(
             _escape(
-                f"summary: {result.status.upper()} {shown}: {result.members} members, "
-                f"{_human(result.bytes)}, sha256 {result.sha256}; {counts['FAIL']} FAIL, "
-                f"{counts['WARN']} WARN"
+                f"summary: {result.status.upper()} {shown}: {result.files} files, "
+                f"{result.directories} directories; package {_human(result.package_bytes)} "
+                f"({result.compression}), contents {_human(result.content_bytes)}; sha256 "
+                f"{result.sha256}; {counts['FAIL']} FAIL, {counts['WARN']} WARN"
             )
         )
     return 1 if result.status == "fail" or (args.strict and warnings) else 0
@@ -7079,6 +7220,20 @@ def _write_out(text: str) -> None:
         print(text, flush=True)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _grouped(findings: List[Finding]) -> List[Finding]:
+    """The findings by check, the checks that FAIL first, then those that WARN, then PASS."""
+    checks = list(dict.fromkeys(finding.check for finding in findings))
+    worst = {
+        check: min(LEVELS.index(f.level) for f in findings if f.check == check) for check in checks
+    }
+    return sorted(
+        findings, key=lambda f: (worst[f.check], checks.index(f.check), LEVELS.index(f.level))
+    )
+
+
+LEVELS = ("FAIL", "WARN", "PASS")
 
 
 def _smoke_status(result: PackageCheck) -> Dict[str, str]:

@@ -214,8 +214,8 @@ def test_logs_go_to_stdout_with_timestamps_and_a_summary(job: Job) -> None:
         )
         assert len(lines) == 1 and re.search(rf"{phase}: {amount} in", lines[0]), phase
     assert re.search(
-        r"package .*: 1 files, 1\.0 KB in, .* out, ratio 0\.\d+, .* s, .* MB/s, "
-        r"sha256 [0-9a-f]{64}",
+        r"package .*, verified: 1 files, 0 directories; package .* \(gzip\), contents 1\.0 KB, "
+        r"ratio \d\.\d+; .* s, .* MB/s of contents; sha256 [0-9a-f]{64}",
         result.stdout,
     )
     assert "free space: staging" in result.stdout

@@ -91,7 +91,11 @@ def run_on_small_disk(job: Job, small: Path, *args: Any) -> tuple[int, str, list
     ids=["extract", "package-write"],
 )
 def test_disk_full_in_each_phase(job: Job, as_archive: bool, small: str, doing: str) -> None:
-    data = os.urandom(BIG)
+    """A disk that fills up mid-phase: the space check before it cannot see this coming
+    (an archive that extracts to far more than its size; loose contents whose samples,
+    taken from each file's middle, compress far better than the rest)."""
+    half = os.urandom(BIG // 2)
+    data = half + bytes(BIG // 2) + half if not as_archive else bytes(BIG)
     if as_archive:
         make_archive(job.model / "model.tar.gz", [tar_member("w.bin", data)])
     else:
@@ -341,3 +345,35 @@ def test_a_read_only_output_dir_fails_before_the_archive_is_extracted(
     with pytest.raises(mims_package.PackagingError, match="read-only file system while checking"):
         job.main()
     assert extracted == [] and job.leftovers() == []
+
+
+@needs_unshare
+@pytest.mark.parametrize("small", ["work", "output"])
+@pytest.mark.parametrize("in_a_job", [False, True], ids=["laptop", "processing-job"])
+def test_plainly_too_little_space_fails_at_once_naming_the_fix(
+    job: Job, small: str, in_a_job: bool
+) -> None:
+    data = os.urandom(BIG)
+    if small == "work":
+        make_archive(job.model / "model.tar.gz", [tar_member("w.bin", data)], compression="")
+    else:
+        write_tree(job.model, {"w.bin": data})
+    script = SMALL_DISK.replace(
+        "set +e\n", "set +e\nmount -t tmpfs tmpfs /opt && mkdir -p /opt/ml/output\n"
+    )
+    small_dir = getattr(job, small)
+    small_dir.mkdir(exist_ok=True)
+    os.environ["OLD_PACKAGE"] = ""
+    try:
+        result = in_namespace(
+            script if in_a_job else SMALL_DISK, small_dir, sys.executable, SCRIPT, *job.args()
+        )
+    finally:
+        del os.environ["OLD_PACKAGE"]
+    log = result.stdout + result.stderr
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert result.returncode == 1 and len(errors) == 1, log
+    assert "not enough space: 2.1 MB free at" in errors[0]
+    fix = "volume_size_in_gb (VolumeSizeInGB)" if in_a_job else "--work-dir and --output-dir"
+    assert fix in errors[0]
+    assert "compress:" not in log and "extract:" not in log  # before any of the work

@@ -34,12 +34,20 @@ def test_an_explicit_script_dir_that_does_not_exist_is_an_error(job: Job) -> Non
 
 
 def test_the_default_script_dir_missing_is_a_warning(
-    job: Job, caplog: pytest.LogCaptureFixture
+    job: Job, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_tree(job.model, MODEL)
     mims_package.main({"model_input": str(job.model)}, {"package_output": str(job.output)}, {})
-    warning = f"no inference code in {mims_package.DEFAULT_SCRIPT_PATH}: the package has no code/"
-    assert [r.levelname for r in caplog.records if warning in r.getMessage()] == ["WARNING"]
+    warning = (
+        f"no --script-dir was given (and the default, {mims_package.DEFAULT_SCRIPT_PATH}, does "
+        "not exist here): the package has no code/ unless the model brings one"
+    )
+    assert [r.levelname for r in caplog.records if warning == r.getMessage()] == ["WARNING"]
+    monkeypatch.setattr(mims_package, "DEFAULT_SCRIPT_PATH", str(job.script))  # there, empty
+    job.package.unlink()
+    mims_package.main({"model_input": str(job.model)}, {"package_output": str(job.output)}, {})
+    empty = f"no inference code in {job.script}: the package has no code/"
+    assert any(r.getMessage().startswith(empty) for r in caplog.records)
     assert set(files_of(job.package)) == {"xgboost_model.bst"}
 
 

@@ -384,7 +384,8 @@ def test_a_run_ends_with_one_line_that_says_the_package_was_verified(job: Job) -
     result = job.cli()
     last = result.stdout.splitlines()[-2]  # then only the JSON summary
     digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
-    assert f" INFO verified: {job.package.resolve()} holds 3 members" in last
+    said = f" INFO package {job.package.resolve()}, verified: 2 files, 1 directories; package "
+    assert said in last and "(gzip), contents " in last
     assert last.endswith(f"sha256 {digest}")
 
 
