@@ -6937,6 +6937,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Package a trained model, its inference code and its calibration into a "
         "verified, deterministic model.tar.gz for SageMaker. With no arguments it uses the "
         "SageMaker Processing paths. Needs Python 3.7 or later, nothing else.",
+        epilog="Standard output carries only what a program reads: the JSON summary line "
+        "that ends a run (after a dry run's list of what would ship), --verify's findings or "
+        "its one JSON object, the contract. Every log line goes to standard error.",
         formatter_class=_HelpFormatter,
     )
     parser.add_argument(
