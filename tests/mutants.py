@@ -230,8 +230,8 @@ MUTANTS = [
         "write: a planned file replaced by a FIFO is read",
         [
             (
-                "        if not stat.S_ISREG(info.st_mode):\n            if stamp",
-                "        if False:\n            if stamp",
+                "    if not stat.S_ISREG(info.st_mode):\n        if stamp",
+                "    if False:\n        if stamp",
             )
         ],
         ["tests/test_verification.py"],
@@ -411,12 +411,22 @@ MUTANTS = [
         ["tests/test_shipping.py"],
     ),
     Mutant(
-        "credentials: the bytes a file is written with not screened",
+        "credentials: the bytes a small file is written with not screened",
         [
             (
-                "        if scan is not None:\n            scan.feed(block)\n"
-                "        sink.write(header)",
-                "        sink.write(header)",
+                "        verdicts = _screen_whole_files(self._files) if self._screened else []",
+                "        verdicts = []",
+            )
+        ],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "credentials: the bytes a larger file is written with not screened",
+        [
+            (
+                "            if scan is not None:\n                scan.feed(block)\n"
+                "            sink.write(block)",
+                "            sink.write(block)",
             )
         ],
         CREDENTIALS,
@@ -862,13 +872,22 @@ MUTANTS = [
     ),
     # Evidence: the report's digests and the statement's subject.
     Mutant(
-        "report: a file's digest misses its first block",
+        "report: a larger file's digest misses its first block",
         [
             (
-                "        copied, crc = len(block), zlib.crc32(block)\n"
-                "        if digest is not None:\n"
-                "            digest.update(block)\n",
-                "        copied, crc = len(block), zlib.crc32(block)\n",
+                "            if digest is not None:\n                digest.update(block)",
+                "            if digest is not None and copied:\n"
+                "                digest.update(block)",
+            )
+        ],
+        EVIDENCE,
+    ),
+    Mutant(
+        "report: a small file's digest misses its first byte",
+        [
+            (
+                "            self._hexes.append(hashlib.sha256(data).hexdigest())",
+                "            self._hexes.append(hashlib.sha256(data[1:]).hexdigest())",
             )
         ],
         EVIDENCE,

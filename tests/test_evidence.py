@@ -133,7 +133,11 @@ def test_package_returns_a_path_with_its_facts(job: Job) -> None:
 
 
 def packaged_with_report(job: Job, *extra: object) -> tuple[dict, dict]:  # type: ignore[type-arg]
-    trained = write_tree(job.tmp / "trained", {"w.bin": b"weights", "sub/v.json": "{}"})
+    # big.bin spans three read blocks: its digest is of them all, not of the first or last
+    big = bytes(range(256)) * 10_000
+    trained = write_tree(
+        job.tmp / "trained", {"w.bin": b"weights", "sub/v.json": "{}", "big.bin": big}
+    )
     archive_tree(trained, job.model / "model.tar.gz")
     write_tree(job.script, {"inference.py": "def model_fn(d): pass\n"})
     result = job.cli("--report-dir", job.tmp / "report", *extra)

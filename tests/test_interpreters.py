@@ -104,10 +104,14 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pa
     loose = write_tree(root / "loose", {"weights/part0.bin": b"w" * 4096, "config.json": "{}"})
     (loose / "current").symlink_to("weights")
     (loose / "config-link.json").symlink_to("config.json")
+    # enough small files for the reader process, and a larger one the main process streams
+    many = {f"d{i % 7}/f{i:04}.py": f"x = {i}\n" for i in range(mims_package.READER_MIN_FILES)}
+    many["large.bin"] = b"L" * (mims_package.SMALL_FILE_SIZE + 1)
     return {
         "example": (EXAMPLE / "model", EXAMPLE / "script"),
         "tricky-archive": (root / "tricky", script),
         "loose-symlinks": (loose, script),
+        "many-small-files": (write_tree(root / "many", many), script),
     }
 
 
@@ -158,7 +162,9 @@ def read_members(package: bytes) -> dict[str, tuple[object, ...]]:
     }
 
 
-@pytest.mark.parametrize("case", ["example", "tricky-archive", "loose-symlinks"])
+@pytest.mark.parametrize(
+    "case", ["example", "tricky-archive", "loose-symlinks", "many-small-files"]
+)
 def test_packages_are_byte_identical_on_every_interpreter(
     case: str, packages: dict[str, dict[str, bytes]]
 ) -> None:
