@@ -4737,9 +4737,9 @@ class _Reader(_ContextManager):
         _, status = os.waitpid(self._pid, 0)
         self._pid = 0
         signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-        if signum in STOP_SIGNALS:  # sent to the process group (^C), or to it alone: a stop
-            _request_stop(signum, None)
         _check_stop()
+        if signum in STOP_SIGNALS:  # sent to the process group (^C), or to it alone: a stop
+            raise _Stopped(signum)
         how = f"killed by signal {signum}" if signum else f"exit status {os.WEXITSTATUS(status)}"
         return PackagingError(
             f"the process reading the input files ended unexpectedly ({how}); if the job's "
@@ -4941,6 +4941,10 @@ def write_tar(
             if frame.then_large:
                 member = members[len(written)]
                 _write_large_file(member, sink, progress, screen, directories, written)
+    if len(written) != len(members):  # the reader's frames ended early: never publish a part
+        raise PackagingError(
+            f"only {len(written)} of {len(members)} members were read; run the job again"
+        )
     sink.write(2 * ZERO_BLOCK)  # the end-of-archive marker
     sink.write(bytes(-sink.size % RECORD_SIZE))
     return written

@@ -48,6 +48,7 @@ SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
 CODE_CHECK = ["tests/test_code_check.py"]
 SMOKE = ["tests/test_smoke.py"]
 CREDENTIALS = ["tests/test_credentials.py"]
+READ_AHEAD = ["tests/test_read_ahead.py", "tests/test_credentials.py", "tests/test_verification.py"]
 
 
 @dataclass
@@ -235,6 +236,76 @@ MUTANTS = [
             )
         ],
         ["tests/test_verification.py"],
+    ),
+    Mutant(
+        "read ahead: a small file not checked after its read",
+        [("            _check_regular(os.fstat(fd), path, member.stamp)", "            pass")],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: the reader's error taken for the end",
+        [("                raise _reader_error(*values)", "                return")],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: frames that end early publish a part",
+        [("    if len(written) != len(members):", "    if False:")],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: a frame's verdicts after its first dropped",
+        [
+            (
+                "            for verdict in frame.verdicts:",
+                "            for verdict in frame.verdicts[:1]:",
+            )
+        ],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: the hints searched in a frame's first text file alone",
+        [
+            (
+                '    text = b"\\0".join(data for (_, data), is_plain in zip(files, plain)',
+                '    text = b"".join(data for (_, data), is_plain in zip(files[:1], plain)',
+            )
+        ],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: UTF-16 text searched as plain text",
+        [
+            (
+                '        and _text_encoding(data[:TEXT_PROBE]) == "utf-8"',
+                "        and _text_encoding(data[:TEXT_PROBE]) is not None",
+            )
+        ],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: the files the named patterns read searched as plain text",
+        [('        name.rpartition("/")[2] not in NAMED_SECRET_PATTERNS\n', "        True\n")],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: a stop not answered while the reader hangs",
+        [
+            (
+                "                _check_stop()\n                continue\n            count",
+                "                continue\n            count",
+            )
+        ],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: the reader left running when the job ends first",
+        [("            os.kill(self._pid, signal.SIGKILL)", "            pass")],
+        READ_AHEAD,
+    ),
+    Mutant(
+        "read ahead: a reader stopped by a signal taken for a failure",
+        [("        if signum in STOP_SIGNALS:", "        if False:")],
+        READ_AHEAD,
     ),
     Mutant(
         "stage: a relative symlink may climb out",

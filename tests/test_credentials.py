@@ -270,3 +270,28 @@ def test_utf16_text_is_read_as_text(job: Job) -> None:
     for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
         write_tree(job.model, {**MODEL, "keys.txt": text.encode(encoding)})
         refused(job, "keys.txt", PAIR)
+
+
+SAMPLES = {
+    **{kind: (name, content) for kind, (name, content, _) in SECRETS.items()},
+    **{kind: ("look.txt", content) for kind, content in LOOK_ALIKES.items()},
+    # no form's hint in it: only its name sends it to its own pattern
+    "pypirc-plain-password": (".pypirc", "[server]\nusername = me\npassword = Tr0ub4dor&3x\n"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLES))
+@pytest.mark.parametrize("at", [0, 1, 3])
+def test_many_small_files_screened_at_once_find_what_each_alone_finds(kind: str, at: int) -> None:
+    """The reader screens a frame's files together: a hint anywhere sends every one to the full
+    patterns, so a form in any file, first, between or last, is found as it is alone."""
+    name, content = SAMPLES[kind]
+    files = [("a.txt", b"plain text\n"), ("b.py", b"x = 1\n" * 900), ("c.bin", b"\0" * 64)]
+    files.insert(at, (f"sub/{name}", content.encode() if isinstance(content, str) else content))
+    alone = []
+    for file_name, data in files:
+        scan = mims_package._FileScan(file_name)
+        scan.feed(data)
+        verdict = scan.verdict()
+        alone += [verdict] if verdict is not None else []
+    assert mims_package._screen_whole_files(files) == alone

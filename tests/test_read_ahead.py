@@ -15,7 +15,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from conftest import SCRIPT, Job, files_of, write_tree
@@ -216,3 +216,37 @@ def test_a_stop_while_the_reader_hangs_is_answered_and_leaves_nothing(job: Job) 
     assert "stopped by SIGTERM" in result.stderr and "Traceback" not in result.stderr
     assert job.leftovers() == [] and not job.package.exists()
     assert not Path(f"/proc/{pid_file.read_text()}").exists()  # killed and waited for
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_reader_stopped_by_a_signal_stops_the_job(
+    job: Job, monkeypatch: pytest.MonkeyPatch, readers: list[int], signum: int, code: int
+) -> None:
+    """A stop signal that reaches the reader first (^C reaches the whole group) is a stop."""
+    tree(job)
+    hook_read(monkeypatch, lambda path: os.kill(os.getpid(), signum))
+    with pytest.raises(SystemExit) as stopped:
+        package(job, "out")
+    assert stopped.value.code == code
+    assert job.leftovers() == [] and not (job.tmp / "out" / "model.tar.gz").exists()
+    assert_reaped(readers)
+
+
+@pytest.mark.parametrize("read_ahead", [True, False])
+def test_frames_that_end_early_never_publish_a_part(
+    job: Job, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, read_ahead: bool
+) -> None:
+    write_tree(job.model, {f"f{i:02}.bin": bytes([i]) * 200_000 for i in range(10)})  # 2 frames
+    if read_ahead:
+        request.getfixturevalue("readers")
+    real_frames = mims_package._frames
+
+    def first_frame_only(*args: Any) -> Iterator[Any]:
+        frames = real_frames(*args)
+        yield next(frames)
+        frames.close()
+
+    monkeypatch.setattr(mims_package, "_frames", first_frame_only)
+    with pytest.raises(mims_package.PackagingError, match=r"only [1-9] of 10 members were read"):
+        package(job, "out")
+    assert job.leftovers() == [] and not (job.tmp / "out" / "model.tar.gz").exists()
