@@ -40,6 +40,19 @@ def planned(lines: list[str]) -> dict[str, tuple[int, int, str]]:
     return found
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_dry_run_creates_no_missing_work_dir(job: Job, depth: int) -> None:
+    """The fixture makes the work dir; here it is missing (and its parent too, at depth 2)."""
+    write_tree(job.model, {"weights.bin": b"w"})
+    write_tree(job.script, {"inference.py": "def model_fn(d): pass\n"})
+    job.work.rmdir()
+    work = job.tmp / "missing" / "work" if depth == 2 else job.work
+    before = everything(job)
+    result = job.cli("--dry-run", "--work-dir", work)
+    assert result.returncode == 0, result.stdout
+    assert everything(job) == before and not work.exists()
+
+
 def test_the_plan_is_what_the_real_run_ships(job: Job) -> None:
     make_archive(
         job.model / "model.tar.gz",

@@ -190,6 +190,22 @@ def test_the_statement_is_in_toto_v1_with_slsa_provenance(job: Job) -> None:
     assert details["metadata"]["startedOn"] <= details["metadata"]["finishedOn"]
 
 
+def test_package_called_directly_writes_the_same_statement(job: Job) -> None:
+    """The library call, not only the command line: the subject is the package it returns."""
+    write_tree(job.model, {"w.bin": b"weights"})
+    write_tree(job.script, {"inference.py": "def model_fn(d): pass\n"})
+    result = mims_package.package(
+        job.model, job.script, job.output, work_dir=job.work, report_dir=job.tmp / "report"
+    )
+    assert result is not None
+    digest = hashlib.sha256(job.package.read_bytes()).hexdigest()
+    assert result.sha256 == digest
+    statement = json.loads((job.tmp / "report" / "package.intoto.json").read_text())
+    assert statement["subject"] == [{"name": "model.tar.gz", "digest": {"sha256": digest}}]
+    report = json.loads((job.tmp / "report" / "package.json").read_text())
+    assert report["sha256"] == digest and report["size"] == job.package.stat().st_size
+
+
 def test_the_job_name_is_the_invocation_id(job: Job, no_sagemaker_paths: Path) -> None:
     write_tree(
         no_sagemaker_paths / "config",

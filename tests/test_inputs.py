@@ -81,6 +81,14 @@ def test_model_archive_in_the_script_dir_asks_whether_they_are_swapped(job: Job)
     assert_refused(job.cli(), job, "holds model.tar.gz", "--model-dir and --script-dir swapped")
 
 
+@pytest.mark.parametrize("same_as", ["script", "model"])
+def test_a_calibration_dir_that_is_another_input_is_refused(job: Job, same_as: str) -> None:
+    write_tree(job.model, {"weights.bin": b"w"})
+    write_tree(job.script, {"inference.py": "def model_fn(d): pass\n"})
+    other = job.script if same_as == "script" else job.model
+    assert_refused(job.cli("--calibration-dir", other), job, "is also the model or script input")
+
+
 def test_one_dir_for_model_and_code_asks_whether_they_are_swapped(job: Job) -> None:
     write_tree(job.model, MODEL)
     assert_refused(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import tarfile
@@ -344,6 +345,38 @@ def test_swapped_loose_inputs_are_refused(job: Job) -> None:
     write_tree(job.model, {"inference.py": "", "requirements.txt": "xgboost\n"})
     write_tree(job.script, {"xgboost_model.bst": b"booster", "vocab": b"\x00\x01binary"})
     assert_refused(job.cli(), job, "are --model-dir and --script-dir swapped?")
+
+
+@pytest.mark.parametrize("given", ["--entry-point", "SAGEMAKER_PROGRAM"])
+def test_the_default_entry_point_given_explicitly_must_be_there(job: Job, given: str) -> None:
+    """inference.py given by name is a promise, as any other name is: missing, it fails."""
+    write_tree(job.model, {"weights.bin": b"w"})
+    write_tree(job.script, {"serve.py": "def model_fn(d): pass\n"})
+    if given == "--entry-point":
+        result = job.cli("--entry-point", "inference.py")
+    else:
+        result = job.cli(env={**os.environ, "SAGEMAKER_PROGRAM": "inference.py"})
+    assert_refused(result, job, "code/ has no inference.py", "fix --entry-point")
+    assert job.cli().returncode == 0  # not given: a warning only
+
+
+@pytest.mark.parametrize("before", [1, mims_package.MAX_BINARY_PROBES - 1])
+def test_swapped_inputs_are_found_past_files_that_are_not_model_files(
+    job: Job, before: int
+) -> None:
+    """The probe reads up to MAX_BINARY_PROBES files of the script input that are not code,
+    not only the first: notes and configs sort before the weights."""
+    write_tree(job.model, {"inference.py": ""})
+    notes = {f"a-notes-{i:02}.txt": "text\n" for i in range(before)}
+    write_tree(job.script, {**notes, "weights": b"\x00\x01\x02binary"})
+    assert_refused(job.cli(), job, "holds model files (weights)", "swapped?")
+
+
+def test_the_swapped_inputs_probe_reads_at_most_its_bound(job: Job) -> None:
+    write_tree(job.model, {"inference.py": ""})
+    notes = {f"a-notes-{i:02}.txt": "text\n" for i in range(mims_package.MAX_BINARY_PROBES)}
+    write_tree(job.script, {**notes, "weights": b"\x00\x01\x02binary"})
+    assert job.cli().returncode == 0  # the weights, 65th, are never read: the bound holds
 
 
 def test_swapped_inputs_are_found_by_binary_content_too(job: Job) -> None:

@@ -32,6 +32,15 @@ def test_stop_during_compression_cleans_up(job: Job, signum: int, code: int) -> 
     assert job.leftovers() == []
 
 
+def test_an_output_dir_the_job_made_is_removed_on_a_stop(job: Job) -> None:
+    write_tree(job.model, {"weights.bin": os.urandom(BIG)})
+    assert not job.output.exists()
+    exit_code, log = stop_during(job, "compress", signal.SIGTERM)
+    assert exit_code == 143, log
+    assert not job.output.exists()  # made for this run, and nothing in it: gone again
+    assert job.leftovers() == []
+
+
 def test_sigterm_during_extraction_cleans_up(job: Job) -> None:
     members = [tar_member(f"shard{i // 1000}/part{i}.bin", b"w" * 64) for i in range(30_000)]
     make_archive(job.model / "model.tar.gz", members, compression="")

@@ -82,6 +82,47 @@ def test_a_file_rewritten_in_place_at_the_same_size_while_read_is_refused(
     assert not job.package.exists() and job.leftovers() == []
 
 
+@pytest.mark.parametrize("size", [1000, 3 << 20], ids=["small", "larger"])
+def test_a_same_size_rewrite_with_its_mtime_put_back_is_refused(
+    job: Job, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Size and mtime as planned, other bytes: only the ctime, which no one can set back,
+    tells. A small file is rewritten before its one read, a larger one during its reads."""
+    path = write_tree(job.model, {"weights.bin": b"a" * size}) / "weights.bin"
+    planned = os.stat(path)
+
+    def rewrite() -> None:
+        with open(path, "r+b") as rewritten:
+            rewritten.write(b"b" * size)
+        os.utime(path, ns=(planned.st_atime_ns, planned.st_mtime_ns))
+
+    if size > mims_package.SMALL_FILE_SIZE:
+        real_read_block = mims_package._read_block
+
+        def read_block(fd: int, member: Any, copied: int) -> Any:
+            block = real_read_block(fd, member, copied)
+            if member.name == "weights.bin" and copied == 0:
+                rewrite()
+            return block
+
+        monkeypatch.setattr(mims_package, "_read_block", read_block)
+        message = r"weights\.bin changed while being read"
+    else:
+        real_read_whole = mims_package._DirectoryChain.read_whole
+
+        def read_whole(self: Any, member: Any) -> Any:
+            if member.name == "weights.bin":
+                rewrite()
+            return real_read_whole(self, member)
+
+        monkeypatch.setattr(mims_package._DirectoryChain, "read_whole", read_whole)
+        message = r"weights\.bin changed since it was planned"
+    with pytest.raises(mims_package.PackagingError, match=message):
+        job.main()
+    assert os.stat(path).st_mtime_ns == planned.st_mtime_ns  # as the test meant
+    assert not job.package.exists() and job.leftovers() == []
+
+
 def test_a_fifo_swapped_in_for_the_model_archive_is_refused_without_blocking(
     job: Job, monkeypatch: pytest.MonkeyPatch
 ) -> None:

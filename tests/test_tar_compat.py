@@ -23,6 +23,7 @@ from conftest import (
     EOF_MARKER,
     Job,
     extended_entry,
+    files_of,
     pad,
     read_package,
     run_cli,
@@ -195,11 +196,20 @@ def xz_with(edit: Callable[[bytearray], None], check: int = lzma.CHECK_CRC64) ->
     return bytes(stream)
 
 
-def huge_dictionary(stream: bytearray) -> None:
-    # The first block's header: its LZMA2 property byte 40 declares a 4 GiB dictionary.
-    size = (stream[12] + 1) * 4
-    stream[12 + 4] = 40
-    stream[12 + size - 4 : 12 + size] = zlib.crc32(stream[12 : 12 + size - 4]).to_bytes(4, "little")
+def dictionary(property_byte: int) -> Callable[[bytearray], None]:
+    """An edit: the first block's LZMA2 property byte declares a dictionary of
+    (2 | byte & 1) << (byte // 2 + 11) bytes, which decoding must allocate."""
+
+    def edit(stream: bytearray) -> None:
+        size = (stream[12] + 1) * 4  # the block header's
+        stream[12 + 4] = property_byte
+        crc = zlib.crc32(stream[12 : 12 + size - 4])
+        stream[12 + size - 4 : 12 + size] = crc.to_bytes(4, "little")
+
+    return edit
+
+
+huge_dictionary = dictionary(40)  # 4 GiB
 
 
 def reserved_check(stream: bytearray) -> None:
@@ -226,6 +236,23 @@ def test_xz_that_cannot_be_verified_or_bounded_is_refused(
     with pytest.raises(mims_package.PackagingError, match="holds what is refused") as caught:
         job.main()
     assert needle in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("property_byte", "passes"),
+    [(29, True), (30, False)],
+    ids=["96-MiB-dictionary", "128-MiB-dictionary"],
+)
+def test_the_xz_memory_limit_at_its_edge(job: Job, property_byte: int, passes: bool) -> None:
+    """XZ_MEMORY_LIMIT is 128 MiB: a 96 MiB dictionary decodes, a 128 MiB one needs a little
+    more than the limit (the decoder's own state besides) and is refused."""
+    write_tree(job.model, {"model.tar.gz": xz_with(dictionary(property_byte))})
+    if passes:
+        job.main()
+        assert files_of(job.package)["m.bin"] == b"m" * 100
+        return
+    with pytest.raises(mims_package.PackagingError, match="needs more than 128 MiB of memory"):
+        job.main()
 
 
 def test_xz_at_its_largest_preset_still_passes(job: Job) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,68 @@ def test_byte_sum_is_the_exact_sum_of_the_bytes(length: int, fill: int) -> None:
     assert mims_package._byte_sum(data) == sum(data)
     noise = os.urandom(length)
     assert mims_package._byte_sum(noise) == sum(noise)
+
+
+@pytest.mark.parametrize(
+    ("name_length", "record_length", "blocks"),
+    [(501, 511, 3), (502, 512, 3), (503, 513, 4), (1013, 1024, 4)],
+)
+def test_a_pax_header_is_padded_to_whole_blocks_exactly(
+    name_length: int, record_length: int, blocks: int
+) -> None:
+    """The PAX header block, its records padded to a block (none when they fill one), then
+    the ustar block: a padding block too many or too few shifts every member after it."""
+    name = "p" * name_length
+    header = mims_package.member_header(name, False, 1, 0o644, 0)
+    assert len(mims_package._pax_record(b"path", name.encode())) == record_length
+    assert len(header) == blocks * 512
+    with tarfile.open(fileobj=io.BytesIO(header + b"x" + bytes(511)), mode="r|") as tar:
+        info = tar.next()
+        assert info is not None and info.name == name and tar.extractfile(info).read() == b"x"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("size", "padding"), [(0, 0), (1, 511), (511, 1), (512, 0), (513, 511)])
+def test_file_data_is_padded_to_whole_blocks_exactly(size: int, padding: int) -> None:
+    assert mims_package._padding(size) == bytes(padding)
+
+
+class ListSink:
+    """Takes what write_tar writes, as the gzip writer would, uncompressed."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+        self.size += len(data)
+
+
+def test_the_end_marker_is_two_zero_blocks_even_where_one_would_end_a_record(
+    tmp_path: Path,
+) -> None:
+    """A header and 18 blocks of data end 512 bytes short of a 10 KiB record: one zero block
+    would end the record there, and its padding would not make up the second."""
+    data = b"d" * (18 * 512)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    member = mims_package.Member(
+        "f.bin",
+        str(tmp_path) + "/",
+        0,
+        False,
+        len(data),
+        0o644,
+        0,
+        mims_package._stamp(os.stat(path)),
+    )
+    sink = ListSink()
+    mims_package.write_tar([member], sink)  # type: ignore[arg-type]
+    stream = b"".join(sink.parts)
+    members_end = 512 + len(data)
+    assert members_end + 512 == mims_package.RECORD_SIZE
+    assert stream[members_end:] == bytes(2 * 512 + mims_package.RECORD_SIZE - 512)
+    assert len(stream) % mims_package.RECORD_SIZE == 0
+    records = []
+    mims_package._visit_members(io.BytesIO(stream), records.append)  # the strict reader
+    assert [record.name for record in records] == ["f.bin"]

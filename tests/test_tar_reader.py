@@ -267,6 +267,31 @@ def test_trailing_garbage_after_any_compression_is_refused(job: Job, compress) -
     refused(job, "data follows the compressed stream")
 
 
+COMPRESSORS = {
+    "gzip": lambda d: gzip.compress(d, mtime=0),
+    "bzip2": bz2.compress,
+    "xz": lzma.compress,
+}
+# Tails shorter than the next stream's magic would be (gzip 2 bytes, bzip2 3, xz 6): a
+# reader that waits for a whole magic before judging must still refuse them at the end.
+SHORT_TAILS = [
+    ("gzip", b"g"),
+    ("gzip", b"\x1f"),  # the magic's first byte
+    ("bzip2", b"B"),
+    ("bzip2", b"BZ"),
+    *(("xz", b"\xfd7zXZ"[:n]) for n in range(1, 6)),  # the magic's first 1-5 bytes
+    ("xz", b"x"),
+    ("xz", b"\0\0\0x"),  # padding's zeros, then data
+]
+
+
+@pytest.mark.parametrize(("kind", "tail"), SHORT_TAILS)
+def test_a_tail_shorter_than_any_magic_is_refused(job: Job, kind: str, tail: bytes) -> None:
+    data = COMPRESSORS[kind](file_entry("model.bin", b"m") + EOF_MARKER) + tail
+    write_tree(job.model, {"model.tar.gz": data})
+    refused(job, "data follows the compressed stream")
+
+
 @pytest.mark.parametrize(
     "compress", [bz2.compress, lzma.compress, lambda d: gzip.compress(d, mtime=0)]
 )

@@ -109,6 +109,8 @@ UNSAFE = {
     "fifo": ([info("pipe", type=tarfile.FIFOTYPE)], "is a FIFO"),
     "device": ([info("dev", type=tarfile.CHRTYPE)], "is a character device"),
     "dotdot": ([info("../escape.bin", b"x")], "absolute or '..' name"),
+    "dotdot-inside": ([info("code/../../escape.bin", b"x")], "absolute or '..' name"),
+    "dotdot-last": ([info("code/sub/../../..", type=tarfile.DIRTYPE)], "absolute or '..' name"),
     "absolute": ([info("/abs.bin", b"x")], "absolute or '..' name"),
     "setuid": ([info("tool.bin", b"x", mode=0o4755)], "is setuid (mode 4755)"),
     "setgid": ([info("tool.bin", b"x", mode=0o2755)], "is setgid (mode 2755)"),
@@ -121,6 +123,18 @@ UNSAFE = {
     ),
     "credentials-by-content": (
         [info("code/settings.py", KEYS)],
+        "it holds an AWS access key id with a secret access key",
+    ),
+    "credentials-in-calibration": (
+        [info("calibration/settings.json", KEYS)],
+        "it holds an AWS access key id with a secret access key",
+    ),
+    "credentials-named-in-calibration": (
+        [info("calibration/.env", b"TOKEN=x\n")],
+        "its name marks a credentials file (.env)",
+    ),
+    "credentials-at-the-root": (
+        [info("notes.txt", KEYS)],
         "it holds an AWS access key id with a secret access key",
     ),
 }
@@ -147,6 +161,11 @@ WARNED = {
     "code-at-the-root": ({"m.bst": b"b", "inference.py": ""}, "code at the root and no code/"),
     "junk": ({**GOOD, "code/__pycache__/x.pyc": b"\0"}, "default excludes leave out"),
     "only-archives": ({"model-v1.tar.gz": b"x", "code/inference.py": ""}, "holds only archives"),
+    # calibration/ is not a model folder: the model files are under one folder still
+    "one-top-folder-beside-calibration": (
+        {"model/m.bst": b"b", "calibration/c.pkl": b"c", "code/inference.py": ""},
+        "every model file is under one folder, model/",
+    ),
 }
 
 
@@ -158,6 +177,21 @@ def test_layout_mistakes_warn(tmp_path: Path, case: str) -> None:
     assert code == 0, lines
     assert any(needle in line for line in lines_at("WARN", lines)), lines
     assert lines[-1].startswith("summary: WARN ")
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"code/inference.py": ""},
+        {"code/inference.py": "", "calibration/c.pkl": b"c"},  # calibration is not a model
+    ],
+    ids=["code-alone", "code-and-calibration"],
+)
+def test_a_package_without_model_files_fails(tmp_path: Path, tree: dict[str, Any]) -> None:
+    members = [info(n, d.encode() if isinstance(d, str) else d) for n, d in tree.items()]
+    code, lines = verify(tar_with(tmp_path / "p.tar.gz", members))
+    assert code == 1
+    assert "FAIL layout: the package holds no model files" in lines, lines
 
 
 def test_an_explicit_entry_point_that_is_missing_fails(tmp_path: Path) -> None:
@@ -306,6 +340,17 @@ CONFLICTS = {
     "under-it-then-file": [info("m.bst", b"m"), info("a/b", b"y"), info("a", b"x")],
     "file-named-dot": [info("m.bst", b"m"), info(".", b"x")],
     "empty-pax-path": [info("m.bst", b"m"), info("x", b"x", pax_headers={"path": ""})],
+    "file-repeats-a-directory": [
+        info("m.bst", b"m"),
+        info("d", type=tarfile.DIRTYPE),
+        info("d/x", b"x"),
+        info("d", b"a file named as the directory"),
+    ],
+    "directory-then-file-of-its-name": [
+        info("m.bst", b"m"),
+        info("d", type=tarfile.DIRTYPE),
+        info("d", b"a file named as the directory"),
+    ],
 }
 
 
@@ -338,6 +383,33 @@ def test_expect_report_checks_its_own_sha256_beside_expect_sha256(job: Job) -> N
     assert code == 1
     assert f"PASS sha256: --expect-sha256: {digest}" in lines
     assert any(line.startswith("FAIL sha256: the report: 000") for line in lines), lines
+
+
+def test_expect_report_checks_its_own_sha256_alone(job: Job) -> None:
+    path, report = reported(job)
+    report["sha256"] = "0" * 64
+    path.write_text(json.dumps(report))
+    code, lines = verify(job.package, "--expect-report", path)
+    assert code == 1
+    assert any(line.startswith("FAIL sha256: the report: 000") for line in lines), lines
+
+
+@pytest.mark.parametrize("change", ["mode", "missing", "made-a-file"])
+def test_expect_report_compares_directories_too(job: Job, change: str) -> None:
+    path, report = reported(job)
+    entry = next(m for m in report["members"] if m["name"] == "code")
+    if change == "mode":
+        entry["mode"] = "0700"
+        said = "FAIL report: code: differs from the report: mode 0700 in the report, 0755 here"
+    elif change == "missing":
+        report["members"].remove(entry)
+        said = "FAIL report: code: is in the package but not in the report"
+    else:
+        entry.update(type="file", sha256="0" * 64)
+        said = "FAIL report: code: differs from the report: type file in the report, dir here"
+    path.write_text(json.dumps(report))
+    code, lines = verify(job.package, "--expect-report", path)
+    assert code == 1 and any(line.startswith(said) for line in lines), lines
 
 
 def test_expect_report_compares_modes(job: Job) -> None:
