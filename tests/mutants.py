@@ -48,6 +48,7 @@ SNAPSHOT = ["tests/test_snapshot.py", "tests/test_verification.py"]
 CODE_CHECK = ["tests/test_code_check.py"]
 SMOKE = ["tests/test_smoke.py"]
 CREDENTIALS = ["tests/test_credentials.py"]
+FORMAT = ["tests/test_tar_format.py"]
 READ_AHEAD = ["tests/test_read_ahead.py", "tests/test_credentials.py", "tests/test_verification.py"]
 
 
@@ -1316,6 +1317,234 @@ MUTANTS = [
         "smoke test: requirements not installed",
         [("        if not any(_logical_lines(text)):", "        if True:")],
         SMOKE,
+    ),
+    # Round four: each check narrowed to the one case a test might happen to use.
+    Mutant(
+        "narrowed: --verify sees '..' only first",
+        [
+            (
+                'if member.name.startswith("/") or ".." in name.split("/"):',
+                'if member.name.startswith("/") or name.split("/")[0] == "..":',
+            )
+        ],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: --verify takes only a file twice for a duplicate",
+        [
+            (
+                "        if name in self.names and not (is_dir and self.names[name]):",
+                "        if name in self.names and not is_dir and not self.names[name]:",
+            )
+        ],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: --verify screens no calibration file's bytes",
+        [
+            (
+                "                kept.append(bytes(piece))\n        self.screen.close(scan)",
+                "                kept.append(bytes(piece))\n"
+                "        if not name.startswith(CALIBRATION_DIR + '/'):\n"
+                "            self.screen.close(scan)",
+            )
+        ],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: --verify takes calibration files for a model",
+        [("        if not model:", "        if not model and not calibration:")],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: --verify counts calibration files as model files",
+        [
+            (
+                '        model = [name for name in self.files if not name.startswith(("code/", '
+                '"calibration/"))]',
+                '        model = [name for name in self.files if not name.startswith("code/")]',
+            )
+        ],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: --verify lets setgid pass",
+        [('    (stat.S_ISGID, "setgid"),\n', "")],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: the report's own digest checked only beside --expect-sha256",
+        [
+            (
+                '        expected["the report"] = expect_report["sha256"]',
+                "        if expect_sha256:\n"
+                '            expected["the report"] = expect_report["sha256"]',
+            )
+        ],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: --expect-report compares files only",
+        [
+            (
+                "        if self.report is not None and name:",
+                "        if self.report is not None and name and not is_dir:",
+            )
+        ],
+        VERIFY,
+    ),
+    Mutant(
+        "narrowed: a dry run makes a missing work dir",
+        [
+            (
+                "    if options.dry_run:\n        _dry_run(",
+                "    if options.dry_run:\n"
+                "        _work_dir(explicit_work, output, inputs.paths())\n"
+                "        _dry_run(",
+            )
+        ],
+        DRY_RUN,
+    ),
+    Mutant(
+        "narrowed: inference.py given by name may be missing",
+        [
+            (
+                '    if entry_point is not None:\n        raise PackagingError(f"{message}; fix',
+                "    if entry_point not in (None, DEFAULT_ENTRY_POINT):\n"
+                '        raise PackagingError(f"{message}; fix',
+            )
+        ],
+        LAYOUT,
+    ),
+    Mutant(
+        "narrowed: the swapped-inputs probe reads the first file that is not code",
+        [
+            (
+                "if not _is_code(member.name)][:MAX_BINARY_PROBES]",
+                "if not _is_code(member.name)][:1]",
+            )
+        ],
+        LAYOUT,
+    ),
+    Mutant(
+        "narrowed: the swapped-inputs probe reads past its bound",
+        [
+            (
+                "if not _is_code(member.name)][:MAX_BINARY_PROBES]",
+                "if not _is_code(member.name)][: MAX_BINARY_PROBES + 1]",
+            )
+        ],
+        LAYOUT,
+    ),
+    Mutant(
+        "narrowed: a calibration dir may be the script dir",
+        [("            others.add(self.script.resolve())\n", "")],
+        LAYOUT,
+    ),
+    Mutant(
+        "narrowed: the snapshot's stamp has no ctime",
+        [("        | info.st_ctime_ns & _MASK_64", "        | 0")],
+        SNAPSHOT,
+    ),
+    Mutant(
+        "narrowed: temporary AWS key ids pass",
+        [
+            (
+                'AWS_KEY_ID = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA)',
+                'AWS_KEY_ID = re.compile(rb"(?<![A-Z0-9])(?:AKIA)',
+            )
+        ],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "narrowed: the xz memory limit doubled",
+        [("XZ_MEMORY_LIMIT = 128 << 20", "XZ_MEMORY_LIMIT = 256 << 20")],
+        COMPAT,
+    ),
+    Mutant(
+        "narrowed: the xz memory limit halved",
+        [("XZ_MEMORY_LIMIT = 128 << 20", "XZ_MEMORY_LIMIT = 64 << 20")],
+        COMPAT,
+    ),
+    Mutant(
+        "narrowed: a tail shorter than a magic ends the stream",
+        [
+            (
+                "        if not rest:\n            return False",
+                "        if len(rest) < len(self._magic):\n            return False",
+            )
+        ],
+        COMPAT,
+    ),
+    Mutant(
+        "narrowed: a whole block of padding after data that fills its blocks",
+        [
+            (
+                "    return _PADDINGS[-size % BLOCK_SIZE]",
+                "    return bytes(BLOCK_SIZE - size % BLOCK_SIZE)",
+            )
+        ],
+        FORMAT,
+    ),
+    Mutant(
+        "narrowed: one zero block ends the stream",
+        [("    sink.write(2 * ZERO_BLOCK)", "    sink.write(ZERO_BLOCK)")],
+        FORMAT,
+    ),
+    Mutant(
+        "edge: a chain of 40 symlinks refused",
+        [("        if hops > MAX_SYMLINK_HOPS:", "        if hops >= MAX_SYMLINK_HOPS:")],
+        ["tests/test_symlinks.py"],
+    ),
+    Mutant(
+        "edge: an AWS pair 1024 bytes apart passes",
+        [
+            (
+                "if abs(self._key_at - self._secret_at) <= AWS_PAIR_DISTANCE:",
+                "if abs(self._key_at - self._secret_at) < AWS_PAIR_DISTANCE:",
+            )
+        ],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "edge: a NUL just past the text probe makes a file binary",
+        [('if b"\\0" not in head[:TEXT_PROBE]:', 'if b"\\0" not in head[: TEXT_PROBE + 1]:')],
+        CREDENTIALS,
+    ),
+    Mutant(
+        "edge: a 1 KiB file can be a Git LFS pointer",
+        [("if len(data) >= LFS_POINTER_MAX or", "if len(data) > LFS_POINTER_MAX or")],
+        CODE_CHECK,
+    ),
+    Mutant(
+        "edge: a 255-byte name component refused",
+        [
+            (
+                '            if len(piece.encode("utf-8")) > MAX_NAME_BYTES:',
+                '            if len(piece.encode("utf-8")) >= MAX_NAME_BYTES:',
+            )
+        ],
+        ["tests/test_names.py"],
+    ),
+    Mutant(
+        "edge: a 64 KiB extended header refused",
+        [("        if size > MAX_EXTENDED_HEADER:", "        if size >= MAX_EXTENDED_HEADER:")],
+        READER,
+    ),
+    Mutant(
+        "edge: 10 MB of data in code/ warned",
+        [
+            (
+                "    if total <= MAX_CODE_DATA and not large:",
+                "    if total < MAX_CODE_DATA and not large:",
+            )
+        ],
+        ["tests/test_output.py"],
+    ),
+    Mutant(
+        "edge: a 5 MB file in code/ warned",
+        [("if size > MAX_CODE_DATA_FILE)", "if size >= MAX_CODE_DATA_FILE)")],
+        ["tests/test_output.py"],
     ),
 ]
 

@@ -497,6 +497,16 @@ def test_strict_fails_on_any_warning_and_publishes_nothing(job: Job) -> None:
     assert verify_findings(by_hand, "--strict")[0] == 1
 
 
+@pytest.mark.parametrize(("size", "warned"), [(1023, True), (1024, False)])
+def test_a_git_lfs_pointer_is_a_file_under_1_kib(size: int, warned: bool) -> None:
+    """LFS_POINTER_MAX: pointers are about 130 bytes; a 1 KiB file that starts like one is
+    something else (a document about LFS, say), not warned."""
+    head = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"
+    data = head + b"#" * (size - len(head))
+    assert (mims_package._lfs_pointer("model.bin", data) is not None) is warned
+    assert (mims_package._verdict("model.bin", None, data, size) is not None) is warned
+
+
 def test_strict_counts_warnings_found_while_writing(job: Job) -> None:
     """An LFS pointer is seen as the file is written: --strict publishes nothing then."""
     pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"

@@ -295,3 +295,30 @@ def test_many_small_files_screened_at_once_find_what_each_alone_finds(kind: str,
         verdict = scan.verdict()
         alone += [verdict] if verdict is not None else []
     assert mims_package._screen_whole_files(files) == alone
+
+
+@pytest.mark.parametrize(("gap", "found"), [(0, True), (1, False)], ids=["1024", "1025"])
+def test_an_aws_pair_is_a_key_id_and_a_secret_at_most_1024_bytes_apart(
+    gap: int, found: bool
+) -> None:
+    """AWS_PAIR_DISTANCE is measured from the key id's start to the secret's."""
+    head = f"id={KEY_ID} ".encode()
+    key_at = head.index(KEY_ID.encode())
+    filler = b"#" * (mims_package.AWS_PAIR_DISTANCE + gap + key_at - len(head) - 1)
+    data = head + filler + f" {SECRET}\n".encode()
+    assert data.index(SECRET.encode()) - data.index(KEY_ID.encode()) == 1024 + gap
+    scan = mims_package._FileScan("s.txt")
+    scan.feed(data)
+    assert (scan.found == PAIR) is found
+
+
+@pytest.mark.parametrize(("nul_at", "screened"), [(8191, False), (8192, True)])
+def test_a_nul_in_the_first_8_kib_makes_a_file_binary_and_one_after_it_does_not(
+    nul_at: int, screened: bool
+) -> None:
+    """TEXT_PROBE: a NUL within it is a binary file, passed over; past it, text, screened."""
+    data = b"x" * nul_at + b"\0" + f"\nkey = '{KEY_ID}'\nsecret = '{SECRET}'\n".encode()
+    scan = mims_package._FileScan("data.txt")
+    scan.feed(data)
+    assert (scan.found == PAIR) is screened
+    assert (mims_package._screen_whole_files([("data.txt", data)]) != []) is screened

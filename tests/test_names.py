@@ -9,7 +9,16 @@ import sys
 import zlib
 
 import pytest
-from conftest import Job, archive_tree, assert_refused, files_of, read_package, write_tree
+from conftest import (
+    Job,
+    archive_tree,
+    assert_refused,
+    files_of,
+    make_archive,
+    read_package,
+    tar_member,
+    write_tree,
+)
 
 LONG_DIR = "/".join(["a-fairly-long-directory-name-" + str(i) for i in range(8)])
 NAMES = {
@@ -174,3 +183,17 @@ def test_trees_deeper_than_the_recursion_limit(job: Job, as_archive: bool) -> No
         sys.setrecursionlimit(limit)
     assert files_of(job.package) == {"/".join(["d"] * 300) + "/leaf.bin": b"x", "m.bin": b"m"}
     assert list(job.work.iterdir()) == []
+
+
+@pytest.mark.parametrize("length", [255, 256])
+def test_a_name_component_may_hold_255_bytes_not_256(job: Job, length: int) -> None:
+    """MAX_NAME_BYTES, in bytes of UTF-8: a two-byte character counts twice."""
+    component = "é" * (length // 2) + "n" * (length % 2)
+    assert len(component.encode()) == length
+    members = [tar_member("w.bin", b"w"), tar_member(f"d/{component}", b"x")]
+    make_archive(job.model / "model.tar.gz", members)
+    if length <= 255:
+        job.main()
+        assert files_of(job.package)[f"d/{component}"] == b"x"
+        return
+    assert_refused(job.cli(), job, "has a path component over 255 bytes")

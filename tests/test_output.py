@@ -174,3 +174,19 @@ def test_the_readme_gives_the_docker_commands_the_dockerfile_and_contract_take()
     assert entry == ["python3", "/opt/program/mims_package.py"]
     assert "USER" not in dockerfile  # root, as SageMaker Processing runs it: the README says so
     assert "runs as root" in readme
+
+
+@pytest.mark.parametrize(
+    ("sizes", "warned"),
+    [
+        ({"a.bin": 5_000_000}, False),
+        ({"a.bin": 5_000_001}, True),
+        ({"a.bin": 4_000_000, "b.bin": 4_000_000, "c.bin": 2_000_000}, False),
+        ({"a.bin": 4_000_000, "b.bin": 4_000_000, "c.bin": 2_000_001}, True),
+        ({"a.py": 9_000_000, "b.json": 9_000_000, "c.txt": 6_000_000}, False),  # code and text
+    ],
+    ids=["one-at-5-MB", "one-past-5-MB", "all-at-10-MB", "all-past-10-MB", "code-and-text"],
+)
+def test_data_in_code_warns_past_its_thresholds_only(sizes: dict[str, int], warned: bool) -> None:
+    found = mims_package._data_in_code({f"code/{name}": size for name, size in sizes.items()})
+    assert (found is not None) is warned

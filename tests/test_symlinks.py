@@ -17,6 +17,8 @@ from conftest import (
     write_tree,
 )
 
+import mims_package
+
 INPUTS = ["model-dir", "script-dir", "archive"]
 
 
@@ -115,13 +117,19 @@ def test_symlinked_model_archive_outside_the_model_dir_is_refused(job: Job) -> N
     assert_refused(job.cli(), job, "outside")
 
 
-def test_link_chain_longer_than_the_limit_is_refused(job: Job) -> None:
+@pytest.mark.parametrize("links", [40, 41])
+def test_a_link_chain_is_followed_up_to_the_limit_and_refused_past_it(job: Job, links: int) -> None:
+    """MAX_SYMLINK_HOPS: as the kernel's ELOOP, 40 links in a chain resolve, 41 do not."""
     write_tree(job.model, {"model.bin": b"m"})
     previous = "model.bin"
-    for index in range(45):
-        os.symlink(previous, job.model / f"link{index}")
-        previous = f"link{index}"
-    assert_refused(job.cli(), job, "more than 40 links")
+    for index in range(links):
+        os.symlink(previous, job.model / f"link{index:02}")
+        previous = f"link{index:02}"
+    if links > mims_package.MAX_SYMLINK_HOPS:
+        assert_refused(job.cli(), job, "more than 40 links")
+        return
+    assert job.cli().returncode == 0
+    assert files_of(job.package)[previous] == b"m"
 
 
 def test_symlink_root_entry_types_in_package_are_only_files_and_dirs(

@@ -512,6 +512,21 @@ def test_a_bound_is_read_at_its_edge_and_refused_past_it(make, bound: int, needl
         read_members(make(bound + 1))
 
 
+def extended_header_of(size: int) -> bytes:
+    """An archive of one member whose PAX header is one comment record of size bytes."""
+    value_length = size - len(b" comment=\n") - len(str(size))  # the length's own digits
+    record = _pax_record(b"comment", b"v" * value_length)
+    assert len(record) == size
+    return extended_entry(record) + file_entry("m.bin", b"m") + EOF_MARKER
+
+
+def test_an_extended_header_is_read_up_to_64_kib_and_refused_past_it() -> None:
+    bound = mims_package.MAX_EXTENDED_HEADER
+    assert len(read_members(extended_header_of(bound))) == 1
+    with pytest.raises(mims_package.ArchiveError, match=f"is {bound + 1} bytes, over {bound}"):
+        read_members(extended_header_of(bound + 1))
+
+
 def test_a_pax_record_that_does_not_end_in_a_newline_at_its_length_is_refused() -> None:
     tar = extended_entry(b"13 path=abcd ") + file_entry("m.bin", b"m") + EOF_MARKER
     with pytest.raises(mims_package.ArchiveError, match="is malformed"):
