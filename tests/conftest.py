@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import io
 import os
+import py_compile
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +198,23 @@ def without_data_filter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(WITHOUT_DATA_FILTER, "1")
 
 
+COMPILE = "import py_compile, sys; py_compile.compile(*sys.argv[1:], doraise=True)"
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_script(python: str = sys.executable) -> str:
+    """The script compiled once per test process by python, to run as it runs the script:
+    its code names the script's source (tracebacks, inspect.getsource), and each run saves
+    compiling 7,000 lines, about 65 ms."""
+    directory = tempfile.mkdtemp(prefix="mims-pyc-")
+    atexit.register(shutil.rmtree, directory, True)
+    target = os.path.join(directory, "mims_package.pyc")
+    if python == sys.executable:
+        return py_compile.compile(str(SCRIPT), cfile=target, dfile=str(SCRIPT), doraise=True)
+    subprocess.run([python, "-c", COMPILE, str(SCRIPT), target, str(SCRIPT)], check=True)
+    return target
+
+
 def run_cli(
     *args: Any, env: dict[str, str] | None = None, timeout: float = 120, merged: bool = True
 ) -> Any:
@@ -206,7 +227,7 @@ def run_cli(
     full_env.update(env or {})
     launcher = ["-c", NO_FILTER_LAUNCHER] if os.environ.get(WITHOUT_DATA_FILTER) else []
     result = subprocess.run(
-        [sys.executable, *launcher, str(SCRIPT), *map(str, args)],
+        [sys.executable, *launcher, compiled_script(), *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if merged else subprocess.PIPE,
         text=True,
@@ -357,7 +378,7 @@ def stop_during(
     Returns (exit code, log); a job that does not end within 60 s fails the test.
     """
     process = subprocess.Popen(
-        [python, str(SCRIPT), *map(str, job.args("--compression-level", "9"))],
+        [python, compiled_script(python), *map(str, job.args("--compression-level", "9"))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -14,6 +14,7 @@ from conftest import (
     Job,
     archive_tree,
     assert_refused,
+    compiled_script,
     files_of,
     find_pythons,
     in_namespace,
@@ -216,7 +217,7 @@ def test_a_symlink_loop_as_a_directory_to_write_in_is_one_error(
     os.symlink(job.tmp / "loop-b", job.tmp / "loop-a")
     os.symlink(job.tmp / "loop-a", job.tmp / "loop-b")
     result = subprocess.run(
-        [python, str(SCRIPT), *map(str, job.args(option, job.tmp / "loop-a" / "out"))],
+        [python, compiled_script(python), *map(str, job.args(option, job.tmp / "loop-a" / "out"))],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

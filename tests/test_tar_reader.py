@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import (
     EOF_MARKER,
-    SCRIPT,
     Job,
     assert_refused,
+    compiled_script,
     extended_entry,
     files_of,
     find_pythons,
@@ -214,7 +214,7 @@ def test_hostile_headers_are_refused_before_parsing(
     (tmp_path / "script").mkdir()
     dirs = ["--model-dir", tmp_path / "model", "--script-dir", tmp_path / "script"]
     result = subprocess.run(
-        [python, str(SCRIPT), *map(str, dirs), "--output-dir", str(tmp_path / "out")],
+        [python, compiled_script(python), *map(str, dirs), "--output-dir", str(tmp_path / "out")],
         capture_output=True,
         text=True,
         timeout=60,
