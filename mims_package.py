@@ -6387,7 +6387,6 @@ def _output_dir(output_dir: Path) -> Iterator[None]:
     with _os_errors("creating the output directory", output_dir):
         output_dir.mkdir(parents=True, exist_ok=True)
     try:
-        _check_writable(output_dir)
         others = sorted(p.name for p in output_dir.iterdir() if p.name != PACKAGE_NAME)
         if others:
             _warn(

@@ -801,8 +801,8 @@ MUTANTS = [
         FAILURES,
     ),
     Mutant(
-        "early: the output dir's writability not checked first",
-        [("        _check_writable(output_dir)\n", "")],
+        "early: a directory to write in not probed first",
+        [("    _check_writable(existing, what)\n", "")],
         ["tests/test_faults.py"],
     ),
     # Layout: the mistakes that break endpoints.
