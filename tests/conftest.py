@@ -343,7 +343,7 @@ def _version_of(python: str) -> str | None:
     """The X.Y of an interpreter that really runs (a pyenv shim without one does not)."""
     try:
         probe = subprocess.run(
-            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            [python, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
             capture_output=True,
             text=True,
             timeout=30,
@@ -353,13 +353,17 @@ def _version_of(python: str) -> str | None:
     return probe.stdout.strip() if probe.returncode == 0 else None
 
 
+@functools.lru_cache(maxsize=None)
 def find_pythons() -> dict[str, str]:
-    """{"3.7": path, ...}: MIMS_PYTHONS (comma-separated) first, then pyenv, then python3.X."""
+    """{"3.7": path, ...}: MIMS_PYTHONS (comma-separated) first, then pyenv, then python3.X
+    (only for a version not found yet: a pyenv shim takes a tenth of a second to answer).
+    Probed once per test process."""
     candidates = [p for p in os.environ.get("MIMS_PYTHONS", "").split(",") if p.strip()]
     candidates += sorted(str(p) for p in Path.home().glob(".pyenv/versions/3.*/bin/python3"))
-    candidates += [f"python3.{minor}" for minor in range(6, 16)]
     found: dict[str, str] = {}
-    for candidate in candidates:
+    for candidate in candidates + [f"python3.{minor}" for minor in range(6, 16)]:
+        if candidate.startswith("python") and candidate[len("python") :] in found:
+            continue
         path = shutil.which(candidate.strip())
         version = _version_of(path) if path else None
         if version is not None and version not in found:
