@@ -286,6 +286,16 @@ class Job:
         return found
 
 
+@pytest.fixture(scope="session")
+def make_example() -> Any:
+    """tests/fixtures/make_example.py, imported by the tests that train (xgboost takes a
+    second and a half to import); they share one worker (xdist_group "xgboost")."""
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    import make_example
+
+    return make_example
+
+
 @pytest.fixture
 def job(tmp_path: Path) -> Job:
     """A job whose work dir and (empty) script dir exist; the model and output do not yet."""

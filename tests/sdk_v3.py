@@ -6,12 +6,14 @@ virtualenv of its own, built from tests/requirements-sdk-v3.txt and cached under
 
     python3 tests/sdk_v3.py --build        # build it if missing; print its python
 
-Run with that virtualenv's python, a request as JSON on standard input and a result
-path, this file is the driver: it executes the request's code blocks in one namespace
-(the test's setup, the README's snippets, the test's own lines), with every AWS call
-answered by a stub and recorded, the network off and the SDK's polling not sleeping,
-and writes {"calls": [[service, operation, params], ...], "results": {...}} to the
-result path, the results being the namespace's values of the names asked for.
+Run with that virtualenv's python, requests as JSON on standard input ({name: request})
+and a result path, this file is the driver. It imports the SDK once and runs the requests
+in order, each with a stub of its own: it executes a request's code blocks in one fresh
+namespace (the test's setup, the README's snippets, the test's own lines), with every AWS
+call answered by the stub and recorded, the network off and the SDK's polling not
+sleeping, and writes {name: {"calls": [[service, operation, params], ...], "results":
+{...}}} to the result path, the results being the namespace's values of the names asked
+for.
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ def refuse_network(*_: Any, **__: Any) -> None:
     raise OSError("the network is off in this test")
 
 
-def run(request: dict[str, Any]) -> dict[str, Any]:
-    """Execute the blocks under the stub; return the calls and the results asked for."""
+def run(requests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Execute each request's blocks under a stub of its own; its calls and the results asked."""
     os.environ.update(
         AWS_DEFAULT_REGION=REGION, AWS_ACCESS_KEY_ID="AKIDSTUB", AWS_SECRET_ACCESS_KEY="stub"
     )
@@ -115,17 +117,18 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     time.sleep = lambda seconds: None  # the endpoint is InService at the first look
     import botocore.client
 
-    stub = Stub()
-
-    def make_api_call(client: Any, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        return stub(client, operation, params)
-
-    botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
-    names: dict[str, Any] = dict(request.get("names", {}))
-    for number, block in enumerate(request["blocks"]):
-        exec(compile(block, f"<block {number}>", "exec"), names)
-    results = {name: names[name] for name in request.get("results", [])}
-    return {"calls": stub.calls, "results": results}
+    ran = {}
+    for name, request in requests.items():
+        stub = Stub()
+        botocore.client.BaseClient._make_api_call = (  # type: ignore[method-assign]
+            lambda client, operation, params, stub=stub: stub(client, operation, params)
+        )
+        names: dict[str, Any] = dict(request.get("names", {}))
+        for number, block in enumerate(request["blocks"]):
+            exec(compile(block, f"<{name} block {number}>", "exec"), names)
+        results = {key: names[key] for key in request.get("results", [])}
+        ran[name] = {"calls": stub.calls, "results": results}
+    return ran
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ from conftest import (
     readme_blocks,
 )
 
-os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-sagemaker = pytest.importorskip("sagemaker", reason="sagemaker<3 is not installed")
-from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
-from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
+# One worker imports the SDK (three seconds) and runs them all (pyproject.toml: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sdk-v2")
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::111122223333:role/mims"
@@ -100,10 +98,14 @@ def stub_init(real_init: Any, recorder: Recorder) -> Any:
     return init
 
 
-@pytest.fixture(autouse=True)
-def no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The endpoint is "InService" at the first look: the SDK's polling need not sleep."""
-    monkeypatch.setattr(sagemaker.session, "_wait_until", lambda check, poll=5: check())
+@pytest.fixture
+def sagemaker(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """SDK v2, imported by the test that needs it; the endpoint is "InService" at the first
+    look, so that the SDK's polling need not sleep."""
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    module = pytest.importorskip("sagemaker", reason="sagemaker<3 is not installed")
+    monkeypatch.setattr(module.session, "_wait_until", lambda check, poll=5: check())
+    return module
 
 
 def run_blocks(blocks: list[str], names: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def run_blocks(blocks: list[str], names: dict[str, Any]) -> dict[str, Any]:
     return names
 
 
-def test_the_readme_deploy_snippet_creates_the_model_from_the_package_as_is() -> None:
+def test_the_readme_deploy_snippet_creates_the_model_from_the_package_as_is(sagemaker: Any) -> None:
     recorder = Recorder()
     session = stubbed(sagemaker.Session, recorder)
     deploy = readme_blocks("Deploying the package", "SDK v2")[0]
@@ -126,7 +128,7 @@ def test_the_readme_deploy_snippet_creates_the_model_from_the_package_as_is() ->
     assert not any(call[0].startswith("s3") for call in recorder.calls)
 
 
-def test_the_readme_model_registers_the_package_as_is_with_a_plain_session() -> None:
+def test_the_readme_model_registers_the_package_as_is_with_a_plain_session(sagemaker: Any) -> None:
     recorder = Recorder()
     session = stubbed(sagemaker.Session, recorder)
     names = run_blocks(
@@ -148,7 +150,7 @@ def test_the_readme_model_registers_the_package_as_is_with_a_plain_session() -> 
     assert recorder.uploads() == []
 
 
-def test_network_isolation_on_the_plain_model_repacks_nothing() -> None:
+def test_network_isolation_on_the_plain_model_repacks_nothing(sagemaker: Any) -> None:
     recorder = Recorder()
     session = stubbed(sagemaker.Session, recorder)
     deploy = readme_blocks("Deploying the package", "SDK v2")[0].replace(
@@ -163,8 +165,11 @@ def test_network_isolation_on_the_plain_model_repacks_nothing() -> None:
 
 
 def test_the_readme_pipeline_packages_then_registers_the_step_output_unchanged(
-    monkeypatch: pytest.MonkeyPatch,
+    sagemaker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from sagemaker.workflow.pipeline import Pipeline
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
     recorder = Recorder()
     # The snippet makes its own PipelineSession(): it gets the recorder's clients.
     monkeypatch.setattr(PipelineSession, "__init__", stub_init(PipelineSession.__init__, recorder))

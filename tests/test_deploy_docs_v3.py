@@ -30,6 +30,9 @@ from conftest import (
     readme_blocks,
 )
 
+# One worker runs them all, from one run of the driver (pyproject.toml: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("sdk-v3")
+
 ROLE = "arn:aws:iam::111122223333:role/mims"
 NAMES = {
     "role": ROLE,
@@ -68,19 +71,19 @@ def sdk_v3_python() -> Path:
         pytest.skip(f"this machine cannot build SDK v3's virtualenv (Python 3.10+, PyPI): {error}")
 
 
-def run_v3(python: Path, blocks: list[str], results: list[str], tmp_path: Path) -> dict[str, Any]:
-    """Run the blocks under the stub in SDK v3's virtualenv: the AWS calls and the results."""
-    request = {"blocks": blocks, "names": NAMES, "results": results}
-    result_path = tmp_path / "result.json"
+def run_v3(python: Path, requests: dict[str, dict[str, Any]], tmp: Path) -> dict[str, Any]:
+    """Run each request's blocks under the stub in SDK v3's virtualenv, all in one process
+    (importing the SDK takes two seconds): each request's AWS calls and results."""
+    result_path = tmp / "result.json"
     run = subprocess.run(
         [str(python), str(sdk_v3.HERE / "sdk_v3.py"), str(result_path)],
-        input=json.dumps(request),
+        input=json.dumps(requests),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    return json.loads(result_path.read_text())
+    return json.loads(result_path.read_text())  # type: ignore[no-any-return]
 
 
 def s3_writes(calls: list[list[Any]]) -> list[str]:
@@ -94,10 +97,57 @@ def pipeline_blocks() -> list[str]:
     return [TRAIN_STEP, *running, *registering, PIPELINE]
 
 
+def deploy_blocks() -> list[str]:
+    return readme_blocks("Deploying the package", "SDK v3")[:1]
+
+
+def source_code_blocks() -> list[str]:
+    """The pipeline with source_code= added to the registration: the control run."""
+    blocks = pipeline_blocks()
+    session = "    sagemaker_session=pipeline_session,\n"
+    source_code = (
+        f"    source_code=SourceCode(source_dir={str(EXAMPLE / 'script')!r},"
+        " entry_script='inference.py'),\n"
+    )
+    assert blocks[-2].count(session) == 1
+    blocks[-2] = blocks[-2].replace(session, session + source_code)
+    blocks.insert(-2, "from sagemaker.core.training.configs import SourceCode")
+    return blocks
+
+
+GATED = """
+import json
+from sagemaker.mlops.workflow.pipeline import Pipeline
+definition = json.loads(Pipeline(
+    name="mims", steps=[package_step, gate], sagemaker_session=pipeline_session
+).definition())
+"""
+
+
+def gated_blocks() -> list[str]:
+    """The processing step, then the README's gate in front of the registration."""
+    gate = readme_blocks("Will it serve?", "Gating registration on warnings")
+    return [*pipeline_blocks()[:-1], *gate, GATED]
+
+
+@pytest.fixture(scope="module")
+def runs(sdk_v3_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every snippet run, each under a stub of its own; the control run (source_code=) last,
+    so that nothing it leaves in the SDK can reach the others."""
+    definition = ["definition"]
+    requests = {
+        "pipeline": {"blocks": pipeline_blocks(), "names": NAMES, "results": definition},
+        "deploy": {"blocks": deploy_blocks(), "names": NAMES},
+        "gated": {"blocks": gated_blocks(), "names": NAMES, "results": definition},
+        "source_code": {"blocks": source_code_blocks(), "names": NAMES, "results": definition},
+    }
+    return run_v3(sdk_v3_python, requests, tmp_path_factory.mktemp("sdk-v3"))
+
+
 def test_the_readme_v3_pipeline_packages_then_registers_the_step_output_unchanged(
-    sdk_v3_python: Path, tmp_path: Path
+    runs: dict[str, Any],
 ) -> None:
-    ran = run_v3(sdk_v3_python, pipeline_blocks(), ["definition"], tmp_path)
+    ran = runs["pipeline"]
     steps = ran["results"]["definition"]["Steps"]
     assert [s["Type"] for s in steps] == ["Processing", "RegisterModel"]  # no repack step
     processing = steps[0]["Arguments"]
@@ -131,10 +181,9 @@ def test_the_readme_v3_pipeline_packages_then_registers_the_step_output_unchange
 
 
 def test_the_readme_v3_deploy_creates_the_model_from_the_package_as_is(
-    sdk_v3_python: Path, tmp_path: Path
+    runs: dict[str, Any],
 ) -> None:
-    deploy = readme_blocks("Deploying the package", "SDK v3")[0]
-    ran = run_v3(sdk_v3_python, [deploy], [], tmp_path)
+    ran = runs["deploy"]
     creates = [params for _, op, params in ran["calls"] if op == "CreateModel"]
     (create,) = creates
     assert create["PrimaryContainer"]["ModelDataUrl"] == PACKAGE_URI
@@ -145,56 +194,37 @@ def test_the_readme_v3_deploy_creates_the_model_from_the_package_as_is(
 
 
 def test_source_code_would_upload_and_repack_which_these_checks_catch(
-    sdk_v3_python: Path, tmp_path: Path
+    runs: dict[str, Any],
 ) -> None:
-    blocks = pipeline_blocks()
-    session = "    sagemaker_session=pipeline_session,\n"
-    source_code = (
-        f"    source_code=SourceCode(source_dir={str(EXAMPLE / 'script')!r},"
-        " entry_script='inference.py'),\n"
-    )
-    assert blocks[-2].count(session) == 1
-    blocks[-2] = blocks[-2].replace(session, session + source_code)
-    blocks.insert(-2, "from sagemaker.core.training.configs import SourceCode")
-    ran = run_v3(sdk_v3_python, blocks, ["definition"], tmp_path)
+    ran = runs["source_code"]
     types = [s["Type"] for s in ran["results"]["definition"]["Steps"]]
     assert "Training" in types  # the SDK's repack step, before the registration
     assert any(write.endswith("/inference.py") for write in s3_writes(ran["calls"]))
 
 
 def test_importing_sagemaker_serve_needs_a_region_as_the_readme_says(
-    sdk_v3_python: Path, tmp_path: Path
+    sdk_v3_python: Path, runs: dict[str, Any], tmp_path: Path
 ) -> None:
+    """Without a region each import fails; with one (the driver sets only the region and
+    stub keys, then runs the README's `from sagemaker.serve import ...`) the deploy ran."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"))
-    code = "import sagemaker.{}"
     for module in ("serve", "mlops.workflow.steps"):
         run = subprocess.run(
-            [str(sdk_v3_python), "-c", code.format(module)], env=env, capture_output=True, text=True
+            [str(sdk_v3_python), "-c", f"import sagemaker.{module}"],
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert run.returncode == 1 and "NoRegionError" in run.stderr, run.stderr[-2000:]
-    env["AWS_DEFAULT_REGION"] = sdk_v3.REGION
-    run = subprocess.run(
-        [str(sdk_v3_python), "-c", code.format("serve")], env=env, capture_output=True, text=True
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-
-
-GATED = """
-import json
-from sagemaker.mlops.workflow.pipeline import Pipeline
-definition = json.loads(Pipeline(
-    name="mims", steps=[package_step, gate], sagemaker_session=pipeline_session
-).definition())
-"""
+    assert "from sagemaker.serve import" in "".join(deploy_blocks())
+    assert [op for _, op, _ in runs["deploy"]["calls"] if op == "CreateModel"] == ["CreateModel"]
 
 
 def test_the_readme_gate_registers_only_a_package_without_warnings(
-    sdk_v3_python: Path, tmp_path: Path
+    runs: dict[str, Any],
 ) -> None:
-    gate = readme_blocks("Will it serve?", "Gating registration on warnings")
-    blocks = [*pipeline_blocks()[:-1], *gate, GATED]
-    ran = run_v3(sdk_v3_python, blocks, ["definition"], tmp_path)
+    ran = runs["gated"]
     steps = ran["results"]["definition"]["Steps"]
     assert [s["Type"] for s in steps] == ["Processing", "Condition"]
     arguments = steps[1]["Arguments"]

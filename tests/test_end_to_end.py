@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import EXAMPLE, Job
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import make_example
+pytestmark = pytest.mark.xdist_group("xgboost")
 
 # Fields: age, income, balance, tenure_months, region, channel. Missing numbers and
 # categories (empty fields) use the imputation and the risk tables' default bin; "mars"
@@ -42,7 +42,7 @@ def import_inference(code_dir: Path) -> ModuleType:
         sys.path.remove(str(code_dir))
 
 
-def test_trained_model_served_from_the_package(job: Job) -> None:
+def test_trained_model_served_from_the_package(job: Job, make_example: Any) -> None:
     example = make_example.train(seed=11, rows=1500)
     make_example.write_model_archive(example, job.model / "model.tar.gz")
     make_example.write_calibration(example, job.tmp / "calibration")
@@ -82,7 +82,7 @@ def test_trained_model_served_from_the_package(job: Job) -> None:
     assert len(set(expected.round(6))) == 4  # four different scores: the inputs really differ
 
 
-def test_bundled_example_is_current(tmp_path: Path) -> None:
+def test_bundled_example_is_current(tmp_path: Path, make_example: Any) -> None:
     """Regenerating the example gives the committed bytes: the archive and the calibration."""
     example = make_example.train()
     make_example.write_model_archive(example, tmp_path / "model" / "model.tar.gz")

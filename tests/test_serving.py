@@ -13,13 +13,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import EXAMPLE, run_cli
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import make_example
+pytestmark = pytest.mark.xdist_group("xgboost")
 
 PAYLOAD = "34,52000,1200.5,12,north,web\n,61000,,48,south,\n71,,-300,,mars,phone\n"
 
@@ -93,7 +93,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "opt-ml"
 
 
-def expected_scores() -> list[float]:
+@pytest.fixture(scope="module")
+def expected_scores(make_example: Any) -> list[float]:
+    """The booster's own scores for PAYLOAD, calibrated."""
     example = make_example.train()
     records = [dict(zip(make_example.FIELDS, line.split(","))) for line in PAYLOAD.splitlines()]
     matrix = make_example.features(example, records)
@@ -115,7 +117,9 @@ def serve(script: str, env: dict[str, str], *args: str) -> dict[str, str]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_the_inference_toolkit_serves_the_package(served: Path) -> None:
+def test_the_inference_toolkit_serves_the_package(
+    served: Path, expected_scores: list[float]
+) -> None:
     """PyTorch-style containers: the model server puts /opt/ml/model/code on PYTHONPATH."""
     pytest.importorskip("sagemaker_inference", reason="sagemaker-inference is not installed")
     model_dir = served / "model"
@@ -125,10 +129,12 @@ def test_the_inference_toolkit_serves_the_package(served: Path) -> None:
     assert answer["module"] == str(model_dir / "code" / "inference.py")
     assert answer["content_type"] == "text/csv"
     scores = [float(line) for line in answer["body"].splitlines()]
-    assert np.array_equal(scores, expected_scores())
+    assert np.array_equal(scores, expected_scores)
 
 
-def test_the_xgboost_containers_library_serves_the_package(served: Path, tmp_path: Path) -> None:
+def test_the_xgboost_containers_library_serves_the_package(
+    served: Path, tmp_path: Path, expected_scores: list[float]
+) -> None:
     """sagemaker-containers 2.8: SAGEMAKER_SUBMIT_DIRECTORY copied to /opt/ml/code, pip
     install . there (offline: an empty requirements.txt, no build isolation, into a target
     dir so that the test environment is left alone), then SAGEMAKER_PROGRAM imported."""
@@ -151,4 +157,4 @@ def test_the_xgboost_containers_library_serves_the_package(served: Path, tmp_pat
     assert answer["module"] == str(site / "inference.py")  # installed by pip, as in the container
     assert (base / "code" / "processing" / "risk_table.py").exists()  # the whole code/ dir
     scores = [float(line) for line in answer["body"].splitlines()]
-    assert np.array_equal(scores, expected_scores())
+    assert np.array_equal(scores, expected_scores)
