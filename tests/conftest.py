@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import pytest
+from script_server import ScriptServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "mims_package.py"
@@ -215,17 +216,37 @@ def compiled_script(python: str = sys.executable) -> str:
     return target
 
 
+@functools.lru_cache(maxsize=None)
+def script_server() -> ScriptServer:
+    """This test process's fork server for the script (tests/script_server.py)."""
+    server = ScriptServer(compiled_script())
+    atexit.register(server.close)
+    return server
+
+
 def run_cli(
     *args: Any, env: dict[str, str] | None = None, timeout: float = 120, merged: bool = True
 ) -> Any:
-    """Run the script as a subprocess; return the CompletedProcess (text output). Logs go to
-    standard error: merged (the default), they are in stdout with the rest, as a terminal
-    shows them; not merged, stdout holds only what a program reads."""
+    """Run the script as a new process (forked by the script server, or a new Python when env
+    changes what Python reads as it starts); return the CompletedProcess (text output). Logs
+    go to standard error: merged (the default), they are in stdout with the rest, as a
+    terminal shows them; not merged, stdout holds only what a program reads."""
     full_env = {
         k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "WORKING_DIRECTORY")
     }
     full_env.update(env or {})
-    launcher = ["-c", NO_FILTER_LAUNCHER] if os.environ.get(WITHOUT_DATA_FILTER) else []
+    without_filter = bool(os.environ.get(WITHOUT_DATA_FILTER))
+    if script_server().can_run(full_env):
+        with tempfile.TemporaryDirectory(prefix="mims-run-") as scratch:
+            return script_server().run(
+                list(map(str, args)),
+                full_env,
+                merged=merged,
+                timeout=timeout,
+                scratch=Path(scratch),
+                without_data_filter=without_filter,
+            )
+    launcher = ["-c", NO_FILTER_LAUNCHER] if without_filter else []
     result = subprocess.run(
         [sys.executable, *launcher, compiled_script(), *map(str, args)],
         stdout=subprocess.PIPE,
