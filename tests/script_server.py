@@ -7,8 +7,9 @@ forks a child that becomes the run `python mims_package.pyc ARGS` would be: a fr
 `__main__` module executing the script's compiled code, sys.argv and sys.path[0] as that
 command sets them, the request's environment, working directory and standard streams
 (standard input from /dev/null), and tarfile.data_filter deleted if asked (as on Python
-3.7). The child ends as Python ends (atexit, threads joined, streams flushed), with the
-script's exit status; the server reports it as subprocess reports a child's.
+3.7). The child ends as Python ends a run (threads joined, atexit run, streams flushed,
+the exit status Python would give) but skips tearing the modules down; the server reports
+the status as subprocess reports a child's.
 
 What differs from a new Python: settings read once at start-up (the hash seed, PYTHON*
 variables, the locale) are the server's. run_cli uses a real subprocess when a request
@@ -20,6 +21,7 @@ Protocol, one request at a time: a JSON line on the server's standard input; it 
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import json
 import locale
@@ -32,7 +34,7 @@ import sys
 import threading
 import types
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 # What a request may not change in a forked child: read by Python as it starts.
 STARTUP_VARIABLES = ("PYTHON", "LC_", "LANG")
@@ -84,9 +86,38 @@ def _become_the_run(request: dict[str, Any], code: types.CodeType, pyc: str) -> 
     exec(code, vars(main))
 
 
+def _run_and_exit(request: dict[str, Any], code: types.CodeType, pyc: str) -> NoReturn:
+    """In the forked child: run, then end as Python ends a run (its exit status from
+    SystemExit, a traceback and 1 for any other exception; threads joined, atexit run,
+    streams flushed) but without tearing down the modules, which takes 25 ms."""
+    try:
+        _become_the_run(request, code, pyc)
+        status = 0
+    except SystemExit as exit:
+        status = _exit_status(exit.code)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        status = 1
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
+def _exit_status(code: object) -> int:
+    """The status Python exits with for sys.exit(code)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
 def serve(pyc: str, replies: int) -> None:
-    """Answer requests on standard input, until it closes, on the replies fd; in a forked
-    child, become the run instead."""
+    """Answer requests on standard input, until it closes, on the replies fd; each run is a
+    forked child."""
     runpy.run_path(pyc, run_name="mims_package_preloaded")  # its imports, once
     code = _code_of(pyc)
     while True:
@@ -99,8 +130,7 @@ def serve(pyc: str, replies: int) -> None:
         pid = os.fork()
         if pid == 0:
             os.close(replies)
-            _become_the_run(request, code, pyc)
-            return
+            _run_and_exit(request, code, pyc)
         os.write(replies, b"%d\n" % pid)
         _, status = os.waitpid(pid, 0)
         os.write(replies, b"%d\n" % os.waitstatus_to_exitcode(status))

@@ -139,6 +139,8 @@ def packages(
     return built
 
 
+# The tests of the packages share one worker, which builds them once (--dist loadgroup).
+@pytest.mark.xdist_group("packages")
 @pytest.mark.parametrize("version", SUPPORTED_PYTHONS)
 def test_packages_each_input(version: str, packages: dict[str, dict[str, bytes]]) -> None:
     python_for(version)
@@ -171,6 +173,7 @@ def read_members(package: bytes) -> dict[str, tuple[object, ...]]:
     }
 
 
+@pytest.mark.xdist_group("packages")
 @pytest.mark.parametrize(
     "case", ["example", "tricky-archive", "loose-symlinks", "many-small-files"]
 )
