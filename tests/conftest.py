@@ -224,6 +224,15 @@ def script_server() -> ScriptServer:
     return server
 
 
+def cli_environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a run_cli run gets: this one's but the job's own variables, and env."""
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "WORKING_DIRECTORY")
+    }
+    full_env.update(env or {})
+    return full_env
+
+
 def run_cli(
     *args: Any, env: dict[str, str] | None = None, timeout: float = 120, merged: bool = True
 ) -> Any:
@@ -231,10 +240,7 @@ def run_cli(
     changes what Python reads as it starts); return the CompletedProcess (text output). Logs
     go to standard error: merged (the default), they are in stdout with the rest, as a
     terminal shows them; not merged, stdout holds only what a program reads."""
-    full_env = {
-        k: v for k, v in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "WORKING_DIRECTORY")
-    }
-    full_env.update(env or {})
+    full_env = cli_environ(env)
     without_filter = bool(os.environ.get(WITHOUT_DATA_FILTER))
     if script_server().can_run(full_env):
         with tempfile.TemporaryDirectory(prefix="mims-run-") as scratch:
