@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mutation check, run by hand: plant one realistic bug at a time and see whether a test fails.
 
-    python3 tests/mutants.py                 every mutant (about 10 minutes on 2 cores)
+    python3 tests/mutants.py                 every mutant (about 16 minutes on 2 cores)
     python3 tests/mutants.py fsync verify    only the mutants whose name contains a word
 
 Each mutant is a list of exact source edits to mims_package.py, made in a copy of
