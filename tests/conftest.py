@@ -242,9 +242,10 @@ def run_cli(
     terminal shows them; not merged, stdout holds only what a program reads."""
     full_env = cli_environ(env)
     without_filter = bool(os.environ.get(WITHOUT_DATA_FILTER))
-    if script_server().can_run(full_env):
+    server = script_server()
+    if server.can_run(full_env):
         with tempfile.TemporaryDirectory(prefix="mims-run-") as scratch:
-            return script_server().run(
+            return server.run(
                 list(map(str, args)),
                 full_env,
                 merged=merged,
